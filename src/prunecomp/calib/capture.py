@@ -1,0 +1,131 @@
+"""One-pass statistics of the residual stream at every decoder-layer boundary.
+
+h_l is the input of decoder layer l (h_0 is the embedding output) and h_L the output of the
+last layer, before the final norm. One forward pass over the calibration windows gathers,
+for every boundary, the per-channel mean |h| and the mean cosine distance between h_l and
+h_{l+n} for the requested block sizes n.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..arch import ResolvedArch
+from ..compat import layer_input_hidden, layer_output_hidden
+
+
+@dataclass
+class HiddenStats:
+    channel_mean_abs: torch.Tensor  # [L + 1, hidden], float64: row l is E_t |h_l[t, c]|
+    cos_distance: dict[int, torch.Tensor]  # n -> [L + 1 - n]: E_t (1 - cos(h_l, h_{l+n}))
+    num_tokens: int
+
+    @property
+    def num_layers(self) -> int:
+        return self.channel_mean_abs.shape[0] - 1
+
+    def magnitude(self) -> torch.Tensor:
+        """Mean |h_l| over tokens and channels, per boundary l = 0..L."""
+        return self.channel_mean_abs.mean(dim=1)
+
+    def gain_ratio(self) -> torch.Tensor:
+        """Per-layer channel-averaged gain E|h_{l+1}| / E|h_l| (appendix Figure 1 of the paper)."""
+        m = self.channel_mean_abs
+        return (m[1:] / m[:-1]).mean(dim=1)
+
+
+class _Accumulator:
+    def __init__(self, num_layers: int, block_sizes: tuple[int, ...]):
+        self.num_layers = num_layers
+        self.block_sizes = tuple(sorted(set(block_sizes)))
+        self.window = max(self.block_sizes, default=0)
+        self.abs_sum: torch.Tensor | None = None
+        self.cos_sum = {n: torch.zeros(num_layers + 1 - n, dtype=torch.float64) for n in self.block_sizes}
+        self.tokens = 0
+        self._recent: dict[int, torch.Tensor] = {}
+
+    def begin_batch(self) -> None:
+        self._recent.clear()
+
+    def observe(self, index: int, hidden: torch.Tensor) -> None:
+        h = hidden.detach().float()
+        flat_abs = h.abs().sum(dim=tuple(range(h.dim() - 1)), dtype=torch.float64).cpu()
+        if self.abs_sum is None:
+            self.abs_sum = torch.zeros(self.num_layers + 1, h.shape[-1], dtype=torch.float64)
+        self.abs_sum[index] += flat_abs
+        if index == 0:
+            self.tokens += h.numel() // h.shape[-1]
+        for n in self.block_sizes:
+            earlier = self._recent.get(index - n)
+            if earlier is not None:
+                distance = 1.0 - F.cosine_similarity(earlier, h, dim=-1)
+                self.cos_sum[n][index - n] += distance.sum(dtype=torch.float64).cpu()
+        self._recent[index] = h
+        self._recent.pop(index - self.window, None)
+
+    def result(self) -> HiddenStats:
+        if self.abs_sum is None or self.tokens == 0:
+            raise RuntimeError("no hidden states were captured")
+        return HiddenStats(
+            channel_mean_abs=self.abs_sum / self.tokens,
+            cos_distance={n: s / self.tokens for n, s in self.cos_sum.items()},
+            num_tokens=self.tokens,
+        )
+
+
+@contextmanager
+def residual_hooks(arch: ResolvedArch, callback):
+    """Call `callback(l, h_l)` for every boundary l = 0..L during forward passes.
+
+    Hooks are removed on exit, even when the forward pass raises.
+    """
+    layers = arch.layers()
+    last = len(layers) - 1
+    handles = []
+    try:
+        for index, layer in enumerate(layers):
+            handles.append(
+                layer.register_forward_pre_hook(
+                    lambda module, args, kwargs, index=index: callback(index, layer_input_hidden(args, kwargs)),
+                    with_kwargs=True,
+                )
+            )
+        handles.append(layers[last].register_forward_hook(lambda m, a, out: callback(last + 1, layer_output_hidden(out))))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def batches(windows: torch.Tensor, batch_size: int):
+    for start in range(0, windows.shape[0], batch_size):
+        yield windows[start : start + batch_size]
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def capture_stats(
+    arch: ResolvedArch,
+    windows: torch.Tensor,
+    block_sizes: tuple[int, ...] = (1,),
+    batch_size: int = 1,
+    progress: bool = False,
+    desc: str = "calibration",
+) -> HiddenStats:
+    """Run the base model (no LM head) over `windows` once and return HiddenStats."""
+    accumulator = _Accumulator(arch.num_layers(), block_sizes)
+    base = arch.base_model()
+    device = model_device(arch.model)
+    with residual_hooks(arch, accumulator.observe):
+        for batch in tqdm(list(batches(windows, batch_size)), desc=desc, disable=not progress, leave=False):
+            accumulator.begin_batch()
+            base(input_ids=batch.to(device), use_cache=False)
+    return accumulator.result()

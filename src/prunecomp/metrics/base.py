@@ -1,0 +1,37 @@
+"""What every metric receives and returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..arch import ResolvedArch
+from ..calib.capture import HiddenStats
+
+
+@dataclass
+class ScoreContext:
+    arch: ResolvedArch
+    windows: torch.Tensor
+    stats: HiddenStats | None  # filled when the metric declares needs_stats
+    block_size: int = 1
+    batch_size: int = 1
+    seed: int = 0
+    round_index: int = 0
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A layer-importance metric. `score` returns one value per candidate start index of the
+    current model (lower = less important = removed first)."""
+
+    name: str
+    summary: str
+    score: Callable[[ScoreContext], torch.Tensor]
+    needs_stats: bool = False
+    protect_first: int = 0  # default barrier: layers never chosen at the start...
+    protect_last: int = 0  # ...and at the end of the current model
+    contiguous_block: bool = False  # scores blocks of `block_size` layers (CosSim(CL))

@@ -1,0 +1,23 @@
+"""PPL metric (SLEB-style)."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..nll import window_nll
+from ..surgery import skipped
+from .base import ScoreContext
+
+
+def skip_loss(ctx: ScoreContext) -> torch.Tensor:
+    """PPL: mean calibration NLL of the model with layer l skipped, for each l.
+
+    The layer whose absence hurts least (lowest loss) is removed first. Costs one pass over
+    the calibration windows per candidate layer.
+    """
+    losses = []
+    for index in tqdm(range(ctx.arch.num_layers()), desc="PPL metric", disable=not ctx.progress, leave=False):
+        with skipped(ctx.arch, index):
+            losses.append(window_nll(ctx.arch.model, ctx.windows, ctx.batch_size).mean)
+    return torch.tensor(losses, dtype=torch.float64)

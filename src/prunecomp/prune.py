@@ -1,0 +1,193 @@
+"""The Prune&Comp loop: score, choose, compensate, remove, repeat."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .arch import ResolvedArch, resolve
+from .calib import load_text, sample_windows, tokenize_stream, wants_bos
+from .calib.capture import HiddenStats, capture_stats
+from .compensate import estimate_scale, fold_scale
+from .config import CalibConfig, ConfigError, PruneConfig
+from .metrics import Metric, ScoreContext, get_metric
+from .recipe import Recipe, RecipeError, Round, library_versions, now
+from .surgery import remove_layers
+
+NOTE_LAST = "block ends at the last layer: the final norm is scale-invariant, so no compensation is needed"
+NOTE_DISABLED = "compensation disabled (--no-comp)"
+
+
+@dataclass
+class PruneResult:
+    model: torch.nn.Module
+    recipe: Recipe
+    dense_stats: HiddenStats | None  # statistics of the unpruned model, when they were gathered
+    params_before: int
+    params_after: int
+    seconds: float
+
+
+def calibration_windows(tokenizer, calib: CalibConfig) -> tuple[torch.Tensor, dict]:
+    """Seeded calibration windows plus a description of them for the recipe."""
+    source = load_text(calib.source)
+    add_bos = wants_bos(tokenizer) if calib.add_bos is None else calib.add_bos
+    bos_id = tokenizer.bos_token_id if add_bos else None
+    windows = sample_windows(tokenize_stream(tokenizer, source), calib.num_windows, calib.seqlen, calib.seed, bos_id)
+    info = asdict(calib) | {"add_bos": bos_id is not None, "origin": source.origin}
+    return windows, info
+
+
+def apply_round(arch: ResolvedArch, kept: list[int], start: int, size: int, scale: float) -> None:
+    """Fold `scale` into the writers before current layer `start`, then remove `size` layers there.
+
+    `kept` (original indices of the current layers) is updated in place. Replaying a recipe
+    runs exactly this, so replays are bitwise identical.
+    """
+    fold_scale(arch, start, scale)
+    remove_layers(arch, list(range(start, start + size)))
+    del kept[start : start + size]
+
+
+def _block_scale(stats: HiddenStats | None, start: int, size: int, num_layers: int, compensate: bool, estimator: str):
+    if not compensate:
+        return 1.0, NOTE_DISABLED
+    if start + size == num_layers:
+        return 1.0, NOTE_LAST
+    return estimate_scale(stats.channel_mean_abs[start], stats.channel_mean_abs[start + size], estimator), None
+
+
+def _masked_scores(scores: torch.Tensor, num_layers: int, block: int, barrier: tuple[int, int]) -> torch.Tensor:
+    """Scores with candidates inside the barrier set to +inf."""
+    first, last = barrier
+    masked = scores.clone().double()
+    for start in range(masked.numel()):
+        if start < first or start + block > num_layers - last:
+            masked[start] = math.inf
+    if torch.isinf(masked).all():
+        raise ConfigError(f"no layer can be removed: the barrier keeps the first {first} and last {last} of {num_layers}")
+    return masked
+
+
+def _score_round(arch, metric: Metric, config: PruneConfig, windows, round_index: int, block: int, progress: bool):
+    stats = None
+    if metric.needs_stats or config.compensate:
+        stats = capture_stats(arch, windows, (block,), config.batch_size, progress, desc=f"round {round_index + 1}: stats")
+    ctx = ScoreContext(arch, windows, stats, block, config.batch_size, config.seed, round_index, progress)
+    scores = metric.score(ctx).double().cpu()
+    return scores, _masked_scores(scores, arch.num_layers(), block, config.barrier()), stats
+
+
+def _round(removed, scale, note, kept, masked: torch.Tensor, scores: torch.Tensor) -> Round:
+    return Round(
+        removed=list(removed),
+        scale=scale,
+        scale_note=note,
+        candidates=[kept[i] for i in range(scores.numel())],
+        scores=[None if math.isinf(m) or math.isnan(s) else float(s) for s, m in zip(scores.tolist(), masked.tolist())],
+    )
+
+
+def _contiguous_runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices -> [(start, size)] of maximal contiguous runs."""
+    runs: list[list[int]] = []
+    for index in sorted(indices):
+        if runs and index == runs[-1][0] + runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([index, 1])
+    return [(s, n) for s, n in runs]
+
+
+def prune(
+    model: torch.nn.Module,
+    tokenizer,
+    config: PruneConfig,
+    calibration: torch.Tensor | None = None,
+    *,
+    source_model: str | None = None,
+    progress: bool = False,
+) -> PruneResult:
+    """Remove `config.num_layers` decoder layers from `model` in place and return it with its recipe.
+
+    `calibration` is a LongTensor of token windows [n, seqlen]; when omitted, windows are drawn
+    from `config.calib` with the tokenizer.
+    """
+    started = time.perf_counter()
+    arch = resolve(model)
+    metric = get_metric(config.metric)
+    total = arch.num_layers()
+    if config.num_layers >= total:
+        raise ConfigError(f"cannot remove {config.num_layers} of {total} layers")
+    if calibration is None:
+        calibration, calib_info = calibration_windows(tokenizer, config.calib)
+    else:
+        calib_info = {"source": "caller-provided windows", "num_windows": calibration.shape[0], "seqlen": calibration.shape[1]}
+    params_before = arch.parameter_count()
+    recipe = Recipe(
+        source_model=source_model or getattr(model.config, "_name_or_path", "") or type(model).__name__,
+        model_type=model.config.model_type,
+        num_layers_original=total,
+        metric=metric.name,
+        num_layers_removed=config.num_layers,
+        mode=config.mode,
+        compensate=config.compensate,
+        estimator=config.estimator,
+        seed=config.seed,
+        calibration=calib_info,
+        versions=library_versions(),
+        created=now(),
+    )
+    kept = list(range(total))
+    dense_stats = None
+    k = config.num_layers
+
+    if config.mode == "block":  # CosSim(CL): one contiguous block of k layers, compensated together
+        scores, masked, dense_stats = _score_round(arch, metric, config, calibration, 0, k, progress)
+        start = int(torch.argmin(masked))
+        scale, note = _block_scale(dense_stats, start, k, total, config.compensate, config.estimator)
+        recipe.rounds.append(_round(kept[start : start + k], scale, note, kept, masked, scores))
+        apply_round(arch, kept, start, k, scale)
+    elif config.mode == "one-shot":  # score once, remove the k lowest, one scale per contiguous run
+        scores, masked, dense_stats = _score_round(arch, metric, config, calibration, 0, 1, progress)
+        chosen = torch.argsort(masked, stable=True)[:k].tolist()
+        if any(math.isinf(masked[i]) for i in chosen):
+            raise ConfigError(f"the barrier leaves fewer than {k} removable layers")
+        original_kept = list(kept)
+        for start, size in reversed(_contiguous_runs(chosen)):  # deepest first keeps earlier indices valid
+            scale, note = _block_scale(dense_stats, start, size, total, config.compensate, config.estimator)
+            recipe.rounds.append(_round(original_kept[start : start + size], scale, note, original_kept, masked, scores))
+            apply_round(arch, kept, start, size, scale)
+    else:  # iterative: re-score after every removal
+        for round_index in tqdm(range(k), desc=f"pruning ({metric.name})", disable=not progress):
+            scores, masked, stats = _score_round(arch, metric, config, calibration, round_index, 1, progress)
+            dense_stats = dense_stats or stats
+            start = int(torch.argmin(masked))
+            scale, note = _block_scale(stats, start, 1, arch.num_layers(), config.compensate, config.estimator)
+            recipe.rounds.append(_round([kept[start]], scale, note, kept, masked, scores))
+            apply_round(arch, kept, start, 1, scale)
+
+    return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started)
+
+
+def apply_recipe(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    """Replay a recipe on a fresh copy of its source model (no calibration needed)."""
+    arch = resolve(model)
+    if model.config.model_type != recipe.model_type:
+        raise RecipeError(f"recipe is for model_type {recipe.model_type!r}, model is {model.config.model_type!r}")
+    if arch.num_layers() != recipe.num_layers_original:
+        raise RecipeError(f"recipe expects {recipe.num_layers_original} layers, model has {arch.num_layers()}")
+    kept = list(range(arch.num_layers()))
+    for step in recipe.rounds:
+        try:
+            positions = [kept.index(i) for i in step.removed]
+        except ValueError:
+            raise RecipeError(f"round removes {step.removed}, but some were already removed") from None
+        if positions != list(range(positions[0], positions[0] + len(positions))):
+            raise RecipeError(f"round removes {step.removed}, which are not contiguous in the current model")
+        apply_round(arch, kept, positions[0], len(positions), step.scale)
+    return model

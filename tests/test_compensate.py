@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+
+from prunecomp.arch import resolve
+from prunecomp.calib.capture import capture_stats
+from prunecomp.compensate import CompensationError, estimate_scale, fold_scale
+from prunecomp.surgery import remove_layers
+from tiny import random_windows, tiny_model
+
+
+def test_estimator_is_the_channel_average_of_ratios():
+    m_in = torch.tensor([1.0, 2.0, 100.0])
+    m_out = torch.tensor([2.0, 2.0, 150.0])
+    assert estimate_scale(m_in, m_out) == pytest.approx((2.0 + 1.0 + 1.5) / 3)
+    # a magnitude-weighted ratio would be dominated by the massive channel
+    assert float(m_out.sum() / m_in.sum()) == pytest.approx(154 / 103)
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([0.0, 1.0]), torch.tensor([-1.0, 1.0])])
+def test_estimator_rejects_degenerate_inputs(bad):
+    with pytest.raises(CompensationError):
+        estimate_scale(bad, torch.ones(2))
+
+
+@pytest.mark.parametrize("scale", [0.0, -2.0, math.inf, math.nan])
+def test_fold_rejects_non_positive_or_non_finite(scale):
+    arch = resolve(tiny_model())
+    with pytest.raises(CompensationError):
+        fold_scale(arch, 1, scale)
+
+
+def test_fold_works_in_float32_and_casts_back():
+    model = tiny_model().to(torch.bfloat16)
+    arch = resolve(model)
+    fold_scale(arch, 2, 1.25)
+    assert arch.embedding().weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "qwen2", "gemma2", "gemma3"])
+def test_removing_a_layer_with_its_scale_restores_the_next_input_magnitude(arch_name):
+    model = tiny_model(arch_name, layers=6)
+    arch = resolve(model)
+    windows = random_windows(6, 32)
+    i = 2
+    original = capture_stats(arch, windows).channel_mean_abs
+    scale = estimate_scale(original[i], original[i + 1])
+    fold_scale(arch, i, scale)
+    remove_layers(arch, [i])
+    after = capture_stats(arch, windows).channel_mean_abs
+    # the layer that was i+1 now sits at i; the channel-averaged gain from its new input to its original input is 1
+    assert estimate_scale(after[i], original[i + 1]) == pytest.approx(1.0, abs=1e-5)
+    # and the states before the cut are exactly s times the originals
+    assert torch.allclose(after[: i + 1], scale * original[: i + 1], rtol=1e-5)
+    # without compensation the gap would be there
+    assert abs(scale - 1.0) > 1e-3
