@@ -13,11 +13,25 @@ from torch import nn
 
 from .arch import ResolvedArch
 
-ESTIMATORS = ("channel_mean",)
+ESTIMATORS = ("channel_mean", "token_rms")
 
 
 class CompensationError(ValueError):
     pass
+
+
+def block_scale(stats, start: int, stop: int, estimator: str = "channel_mean") -> float:
+    """The scale that stands in for layers start..stop-1, from one-pass HiddenStats.
+
+    channel_mean (default, the paper's): mean_c E|h_stop[c]| / E|h_start[c]|.
+    token_rms: E_t rms(h_stop) / E_t rms(h_start), the ratio of what the next RMSNorm divides by;
+    it follows massive-activation channels, which the channel average deliberately down-weights.
+    """
+    if estimator == "token_rms":
+        scale = float(stats.token_rms[stop] / stats.token_rms[start])
+        check_scale(scale)
+        return scale
+    return estimate_scale(stats.channel_mean_abs[start], stats.channel_mean_abs[stop], estimator)
 
 
 def estimate_scale(mean_abs_in: torch.Tensor, mean_abs_out: torch.Tensor, estimator: str = "channel_mean") -> float:
@@ -28,8 +42,8 @@ def estimate_scale(mean_abs_in: torch.Tensor, mean_abs_out: torch.Tensor, estima
     mean_c(mean_abs_out[c] / mean_abs_in[c]). Averaging per-channel ratios keeps a few
     massive-activation channels from dominating, which a ratio of global means would not.
     """
-    if estimator not in ESTIMATORS:
-        raise CompensationError(f"unknown estimator {estimator!r}; choose from {ESTIMATORS}")
+    if estimator != "channel_mean":
+        raise CompensationError(f"estimate_scale computes channel_mean, not {estimator!r}")
     num = mean_abs_out.double()
     den = mean_abs_in.double()
     if num.shape != den.shape:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .arch import ResolvedArch, resolve
 from .calib import load_text, sample_windows, tokenize_stream, wants_bos
 from .calib.capture import HiddenStats, capture_stats
-from .compensate import estimate_scale, fold_scale
+from .compensate import block_scale, fold_scale
 from .config import CalibConfig, ConfigError, PruneConfig
 from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
@@ -58,7 +58,7 @@ def _block_scale(stats: HiddenStats | None, start: int, size: int, num_layers: i
         return 1.0, NOTE_DISABLED
     if start + size == num_layers:
         return 1.0, NOTE_LAST
-    return estimate_scale(stats.channel_mean_abs[start], stats.channel_mean_abs[start + size], estimator), None
+    return block_scale(stats, start, start + size, estimator), None
 
 
 def _masked_scores(scores: torch.Tensor, num_layers: int, block: int, barrier: tuple[int, int]) -> torch.Tensor:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from prunecomp.eval import harness
 from prunecomp.eval.harness import (
     LOCAL_TASKS,
     MMLU,
@@ -143,7 +142,9 @@ def test_local_prompts_match_lm_eval(data):
         4, "Question: Which gas do plants take in?\nAnswer:",
         [" oxygen", " carbon dioxide", " helium", " neon"], 1,
     )
-    assert first("prunecomp_boolq") == (3, "Cats are mammals.\nQuestion: is a cat a mammal?\nAnswer:", [" no", " yes"], 1)
+    assert first("prunecomp_boolq") == (
+        3, "Cats are mammals.\nQuestion: is a cat a mammal?\nAnswer:", [" no", " yes"], 1,
+    )
     # lm-eval's copa: choices " " + lowercased choice after the default " " delimiter
     assert first("prunecomp_copa") == (
         3, "The man turned on the faucet, therefore",

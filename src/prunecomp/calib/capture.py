@@ -24,6 +24,7 @@ class HiddenStats:
     channel_mean_abs: torch.Tensor  # [L + 1, hidden], float64: row l is E_t |h_l[t, c]|
     cos_distance: dict[int, torch.Tensor]  # n -> [L + 1 - n]: E_t (1 - cos(h_l, h_{l+n}))
     num_tokens: int
+    token_rms: torch.Tensor | None = None  # [L + 1], float64: E_t rms(h_l[t, :]), what the next norm divides by
 
     @property
     def num_layers(self) -> int:
@@ -45,6 +46,7 @@ class _Accumulator:
         self.block_sizes = tuple(sorted(set(block_sizes)))
         self.window = max(self.block_sizes, default=0)
         self.abs_sum: torch.Tensor | None = None
+        self.rms_sum = torch.zeros(num_layers + 1, dtype=torch.float64)
         self.cos_sum = {n: torch.zeros(num_layers + 1 - n, dtype=torch.float64) for n in self.block_sizes}
         self.tokens = 0
         self._recent: dict[int, torch.Tensor] = {}
@@ -58,6 +60,7 @@ class _Accumulator:
         if self.abs_sum is None:
             self.abs_sum = torch.zeros(self.num_layers + 1, h.shape[-1], dtype=torch.float64)
         self.abs_sum[index] += flat_abs
+        self.rms_sum[index] += h.pow(2).mean(dim=-1).sqrt().sum(dtype=torch.float64).cpu()
         if index == 0:
             self.tokens += h.numel() // h.shape[-1]
         for n in self.block_sizes:
@@ -75,6 +78,7 @@ class _Accumulator:
             channel_mean_abs=self.abs_sum / self.tokens,
             cos_distance={n: s / self.tokens for n, s in self.cos_sum.items()},
             num_tokens=self.tokens,
+            token_rms=self.rms_sum / self.tokens,
         )
 
 

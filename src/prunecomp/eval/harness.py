@@ -448,7 +448,9 @@ def run_harness(
     elif backend == "vllm":
         lm, model_args = vllm_model_spec(pretrained_path, seed=seed)
         if find_spec("vllm") is None:
-            raise ImportError("backend='vllm' needs the vllm package (pip install vllm; CUDA only); use backend='hf' instead")
+            raise ImportError(
+                "backend='vllm' needs the vllm package (pip install vllm; CUDA only); use backend='hf' instead"
+            )
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'hf' or 'vllm'")
 

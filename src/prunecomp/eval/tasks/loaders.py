@@ -80,7 +80,10 @@ def arc_easy(prunecomp_data: str | None = None, **_: Any) -> datasets.DatasetDic
 
 
 def boolq(prunecomp_data: str | None = None, **_: Any) -> datasets.DatasetDict:
-    """BoolQ validation: ``query`` becomes ``"<passage>\\nQuestion: <q>?"`` (lm-eval's prompt minus ``"\\nAnswer:"``)."""
+    """BoolQ validation: ``query`` becomes ``"<passage>\\nQuestion: <q>?"``.
+
+    That is lm-eval's boolq prompt minus the ``"\\nAnswer:"`` the YAML appends.
+    """
     return _mosaic(data_root(prunecomp_data) / BOOLQ_FILE, "validation", prefix="Passage: ")
 
 

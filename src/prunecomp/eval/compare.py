@@ -1,0 +1,225 @@
+"""`prunecomp compare`: the paper's experiment for one model, as one resumable run.
+
+The dense model, each metric's baseline and +Prune&Comp, and the four-row ablation for one
+metric share one set of calibration windows. Each method's recipe and evaluation are cached in
+the output folder, so an interrupted run resumes where it stopped and a re-run is cheap.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..arch import resolve
+from ..calib.capture import capture_stats
+from ..config import CalibConfig, PruneConfig
+from ..metrics import get_metric
+from ..prune import apply_recipe, calibration_windows, prune
+from ..recipe import Recipe
+from .ppl import eval_windows, evaluate_perplexity
+
+SCHEMA_VERSION = 1
+DISPLAY = {"bi": "BI", "cl": "CL", "taylor": "Taylor+", "mag": "Mag+", "ppl": "PPL", "reverse": "Reverse", "random": "Random"}
+COMP = "+Prune&Comp"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    ppl_datasets: tuple[str, ...] = ("wikitext2", "c4", "ptb")
+    seqlen: int = 2048
+    max_windows: int | None = None
+    tasks: tuple[str, ...] = ()  # lm-eval QA tasks; "mmlu" may be included
+    limit: int | None = None
+    batch_size: int = 1
+    magnitude_windows: int = 4  # eval windows used for the depth profile of |h|
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    metric: str | None
+    iterative: bool = True
+    compensate: bool = True
+
+    @property
+    def key(self) -> str:
+        return "dense" if self.metric is None else f"{self.metric}-{'it' if self.iterative else 'os'}-{'comp' if self.compensate else 'plain'}"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    metrics: tuple[str, ...] = ("bi", "taylor", "mag", "ppl", "cl")
+    num_layers: int = 1
+    ablation_metric: str | None = "bi"
+    seed: int = 0
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    batch_size: int = 1
+
+
+def method_name(metric: str, iterative: bool, compensate: bool) -> str:
+    name = DISPLAY.get(metric, metric) + (COMP if compensate else "")
+    if not iterative and not get_metric(metric).contiguous_block:
+        name += " (one-shot)"
+    return name
+
+
+def plan_methods(config: CompareConfig) -> tuple[list[Method], dict | None]:
+    """Dense, then baseline and +Prune&Comp per metric, then the extra one-shot ablation rows."""
+    methods = [Method("Dense", None)]
+    for metric in config.metrics:
+        metric = get_metric(metric).name
+        for compensate in (False, True):
+            methods.append(Method(method_name(metric, True, compensate), metric, True, compensate))
+    ablation = None
+    if config.ablation_metric:
+        metric = get_metric(config.ablation_metric).name
+        if get_metric(metric).contiguous_block:
+            raise ValueError("the ablation needs a per-layer metric; CosSim(CL) removes one block")
+        rows = {}
+        for label, iterative, compensate in (("one-shot", False, False), ("+iterative", True, False),
+                                             ("+compensation", False, True), ("+both", True, True)):
+            rows[label] = method_name(metric, iterative, compensate)
+            if rows[label] not in {m.name for m in methods}:
+                methods.append(Method(rows[label], metric, iterative, compensate))
+        ablation = {"metric": metric, "rows": rows}
+    return methods, ablation
+
+
+def _fingerprint(model_name: str, config: CompareConfig) -> str:
+    data = json.dumps({"model": model_name, "k": config.num_layers, "seed": config.seed, "calib": asdict(config.calib)}, sort_keys=True)
+    return hashlib.sha256(data.encode()).hexdigest()[:16]
+
+
+def _magnitude_profile(model, windows) -> list[float]:
+    return capture_stats(resolve(model), windows).magnitude().tolist()
+
+
+def _evaluate(model, tokenizer, settings: EvalSettings, magnitude_windows, progress: bool) -> dict:
+    result: dict = {"ppl": {}, "qa": None, "mmlu": None}
+    for dataset in settings.ppl_datasets:
+        ppl = evaluate_perplexity(model, tokenizer, dataset, settings.seqlen, settings.max_windows,
+                                  settings.batch_size, progress=progress)
+        result["ppl"][dataset] = ppl.to_dict()
+    if settings.tasks:
+        from .harness import run_harness
+
+        harness = run_harness(model, tokenizer, list(settings.tasks), limit=settings.limit, batch_size=settings.batch_size)
+        qa = harness.qa
+        if qa:
+            result["qa"] = {
+                "tasks": {name: {"acc": s.acc, "acc_norm": s.acc_norm, "n": s.n, "source": s.source} for name, s in qa.items()},
+                "average": harness.average,
+            }
+        if harness.mmlu is not None:
+            result["mmlu"] = {"acc": harness.mmlu.acc, "n": harness.mmlu.n, "num_fewshot": harness.mmlu.num_fewshot}
+    result["magnitude"] = _magnitude_profile(model, magnitude_windows)
+    return result
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_dir: str | Path, progress: bool = True) -> dict:
+    """Run (or resume) the comparison; writes results.json, results.md and the plots into out_dir."""
+    out = Path(out_dir)
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(model_name, config)
+    methods, ablation = plan_methods(config)
+
+    windows_path = cache / f"calibration-{fingerprint}.pt"
+    if windows_path.exists():
+        saved = torch.load(windows_path)
+        windows, calib_info = saved["windows"], saved["info"]
+    else:
+        windows, calib_info = calibration_windows(tokenizer, config.calib)
+        torch.save({"windows": windows, "info": calib_info}, windows_path)
+
+    settings = config.evaluation
+    first_dataset = settings.ppl_datasets[0] if settings.ppl_datasets else "wikitext2"
+    magnitude_windows = eval_windows(tokenizer, first_dataset, settings.seqlen, settings.magnitude_windows)[0]
+    dense_arch = resolve(model)
+    dense_stats = capture_stats(dense_arch, windows, progress=progress, desc="dense stats")
+    rows = []
+    for method in tqdm(methods, desc="compare", disable=not progress):
+        entry_path = cache / f"{method.key}-{fingerprint}.json"
+        if entry_path.exists():
+            rows.append(json.loads(entry_path.read_text()))
+            continue
+        started = time.perf_counter()
+        candidate = model if method.metric is None else copy.deepcopy(model)
+        recipe = None
+        if method.metric is not None:
+            recipe_path = cache / f"{method.key}-{fingerprint}.recipe.json"
+            if recipe_path.exists():  # pruned before, evaluation was interrupted: replay, no calibration
+                recipe = Recipe.load(recipe_path)
+                apply_recipe(candidate, recipe)
+            else:
+                prune_config = PruneConfig(metric=method.metric, num_layers=config.num_layers, iterative=method.iterative,
+                                           compensate=method.compensate, seed=config.seed, batch_size=config.batch_size,
+                                           calib=config.calib)
+                recipe = prune(candidate, tokenizer, prune_config, windows, source_model=model_name, progress=progress).recipe
+                recipe.calibration = calib_info
+                recipe.save(recipe_path)
+        prune_seconds = time.perf_counter() - started
+        entry = {
+            "name": method.name,
+            "metric": method.metric,
+            "mode": recipe.mode if recipe else None,
+            "compensate": method.compensate if method.metric else None,
+            "removed": recipe.removed_layers if recipe else [],
+            "scales": [r.scale for r in recipe.rounds] if recipe else [],
+            "round_scores": [r.scores for r in recipe.rounds] if recipe else [],
+            "round_candidates": [r.candidates for r in recipe.rounds] if recipe else [],
+            "round_removed": [r.removed for r in recipe.rounds] if recipe else [],
+            "params": resolve(candidate).parameter_count(),
+            "seconds": prune_seconds,
+        }
+        entry |= _evaluate(candidate, tokenizer, settings, magnitude_windows, progress)
+        entry["eval_seconds"] = time.perf_counter() - started - prune_seconds
+        _write_json(entry_path, entry)
+        rows.append(entry)
+        del candidate
+
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "model": model_name,
+        "num_layers": dense_arch.num_layers(),
+        "k": config.num_layers,
+        "settings": {
+            "calibration": calib_info,
+            "evaluation": asdict(settings),
+            "metrics": list(config.metrics),
+            "seed": config.seed,
+        },
+        "methods": rows,
+        "ablation": ablation,
+        "dense_stats": {"gain_ratio": dense_stats.gain_ratio().tolist(), "magnitude": dense_stats.magnitude().tolist()},
+    }
+    _add_retained(results)
+    _write_json(out / "results.json", results)
+    from .report import write_report
+
+    write_report(results, out)
+    return results
+
+
+def _add_retained(results: dict) -> None:
+    """RP (%) of each method's QA average against the dense model's, as in the paper."""
+    dense = results["methods"][0]
+    dense_avg = (dense.get("qa") or {}).get("average")
+    for entry in results["methods"]:
+        qa = entry.get("qa")
+        if qa and dense_avg:
+            qa["rp"] = 100.0 * qa["average"] / dense_avg
