@@ -55,3 +55,30 @@ def test_removing_a_layer_with_its_scale_restores_the_next_input_magnitude(arch_
     assert torch.allclose(after[: i + 1], scale * original[: i + 1], rtol=1e-5)
     # without compensation the gap would be there
     assert abs(scale - 1.0) > 1e-3
+
+
+def test_token_rms_estimator_is_the_ratio_of_mean_token_rms():
+    from prunecomp.compensate import block_scale
+
+    model = tiny_model(layers=4)
+    arch = resolve(model)
+    windows = random_windows(2, 16)
+    stats = capture_stats(arch, windows)
+    states = []
+    from prunecomp.calib.capture import residual_hooks
+
+    with residual_hooks(arch, lambda i, h: states.append(h.clone())), torch.no_grad():
+        arch.base_model()(input_ids=windows)
+    rms = [float(h.pow(2).mean(-1).sqrt().mean()) for h in states]
+    assert block_scale(stats, 1, 3, "token_rms") == pytest.approx(rms[3] / rms[1], rel=1e-5)
+    assert block_scale(stats, 1, 2) == pytest.approx(estimate_scale(stats.channel_mean_abs[1], stats.channel_mean_abs[2]))
+
+
+@pytest.mark.parametrize("arch_name,expected", [("llama", "channel_mean"), ("gemma3", "token_rms"), ("gemma2", "token_rms")])
+def test_auto_estimator_follows_the_spec_and_is_recorded(arch_name, expected):
+    from prunecomp import PruneConfig, prune
+
+    result = prune(tiny_model(arch_name, layers=5), None, PruneConfig(metric="bi", num_layers=1), random_windows(2, 16))
+    assert result.recipe.estimator == expected
+    explicit = prune(tiny_model(arch_name, layers=5), None, PruneConfig(num_layers=1, estimator="channel_mean"), random_windows(2, 16))
+    assert explicit.recipe.estimator == "channel_mean"

@@ -44,7 +44,8 @@ def test_compensation_lowers_held_out_perplexity_and_the_checkpoint_reloads(real
         results[compensate].ppl = window_nll(pruned, held_out).perplexity
     comp, plain = results[True], results[False]
     print(f"\n{source.name}: dense {dense_ppl:.2f}  BI k=3 no-comp {plain.ppl:.2f}  +comp {comp.ppl:.2f}  "
-          f"removed {comp.recipe.removed_layers} scales {[round(r.scale, 4) for r in comp.recipe.rounds]}")
+          f"removed {comp.recipe.removed_layers} scales {[round(r.scale, 4) for r in comp.recipe.rounds]} "
+          f"({comp.recipe.estimator})")
     assert comp.ppl < plain.ppl
     assert all(r.scale != 1.0 or r.scale_note for r in comp.recipe.rounds)
 

@@ -49,6 +49,7 @@ def _prune_config(args, metric: str | None = None, iterative: bool | None = None
         protect_first=getattr(args, "protect_first", None),
         protect_last=getattr(args, "protect_last", None),
         batch_size=args.batch_size,
+        estimator=getattr(args, "estimator", "auto"),
         calib=CalibConfig(source=args.calib, num_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed),
     )
 
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-comp", action="store_true", help="do not fold the magnitude compensation (baseline)")
     p.add_argument("--protect-first", type=int, default=None, help="never remove the first N layers (default: metric's)")
     p.add_argument("--protect-last", type=int, default=None, help="never remove the last N layers (default: metric's)")
+    p.add_argument("--estimator", default="auto", choices=["auto", "channel_mean", "token_rms"],
+                   help="scale estimator: channel_mean (the paper's), token_rms, auto (per architecture: "
+                        "channel_mean for Llama-style, token_rms for Gemma-2/3)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_calib_options(p)

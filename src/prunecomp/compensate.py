@@ -14,6 +14,7 @@ from torch import nn
 from .arch import ResolvedArch
 
 ESTIMATORS = ("channel_mean", "token_rms")
+AUTO = "auto"  # the architecture spec's default_estimator
 
 
 class CompensationError(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .compensate import ESTIMATORS
+from .compensate import AUTO, ESTIMATORS
 from .metrics import get_metric
 
 
@@ -43,6 +43,8 @@ class PruneConfig:
     compensate: fold the magnitude-gain scale into the weights (Prune&Comp) or not (baseline).
     protect_first / protect_last: layers never removed; None takes the metric's default
     (4 and 2 for Taylor+ and Mag+, 0 otherwise).
+    estimator: how the scale is estimated: channel_mean (the paper's), token_rms, or auto (the
+    architecture spec's choice: channel_mean for Llama-style models, token_rms for Gemma-2/3).
     """
 
     metric: str = "bi"
@@ -52,7 +54,7 @@ class PruneConfig:
     seed: int = 0
     protect_first: int | None = None
     protect_last: int | None = None
-    estimator: str = "channel_mean"
+    estimator: str = AUTO
     batch_size: int = 1
     calib: CalibConfig = field(default_factory=CalibConfig)
 
@@ -62,8 +64,8 @@ class PruneConfig:
             raise ConfigError("num_layers must be at least 1")
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
-        if self.estimator not in ESTIMATORS:
-            raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {ESTIMATORS}")
+        if self.estimator not in (AUTO, *ESTIMATORS):
+            raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {(AUTO, *ESTIMATORS)}")
         for name in ("protect_first", "protect_last"):
             value = getattr(self, name)
             if value is not None and value < 0:

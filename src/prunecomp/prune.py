@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .arch import ResolvedArch, resolve
 from .calib import load_text, sample_windows, tokenize_stream, wants_bos
 from .calib.capture import HiddenStats, capture_stats
-from .compensate import block_scale, fold_scale
+from .compensate import AUTO, block_scale, fold_scale
 from .config import CalibConfig, ConfigError, PruneConfig
 from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
@@ -128,6 +128,7 @@ def prune(
     else:
         calib_info = {"source": "caller-provided windows", "num_windows": calibration.shape[0], "seqlen": calibration.shape[1]}
     params_before = arch.parameter_count()
+    estimator = arch.spec.default_estimator if config.estimator == AUTO else config.estimator
     recipe = Recipe(
         source_model=source_model or getattr(model.config, "_name_or_path", "") or type(model).__name__,
         model_type=model.config.model_type,
@@ -136,7 +137,7 @@ def prune(
         num_layers_removed=config.num_layers,
         mode=config.mode,
         compensate=config.compensate,
-        estimator=config.estimator,
+        estimator=estimator,
         seed=config.seed,
         calibration=calib_info,
         versions=library_versions(),
@@ -149,7 +150,7 @@ def prune(
     if config.mode == "block":  # CosSim(CL): one contiguous block of k layers, compensated together
         scores, masked, dense_stats = _score_round(arch, metric, config, calibration, 0, k, progress)
         start = int(torch.argmin(masked))
-        scale, note = _block_scale(dense_stats, start, k, total, config.compensate, config.estimator)
+        scale, note = _block_scale(dense_stats, start, k, total, config.compensate, estimator)
         recipe.rounds.append(_round(kept[start : start + k], scale, note, kept, masked, scores))
         apply_round(arch, kept, start, k, scale)
     elif config.mode == "one-shot":  # score once, remove the k lowest, one scale per contiguous run
@@ -159,7 +160,7 @@ def prune(
             raise ConfigError(f"the barrier leaves fewer than {k} removable layers")
         original_kept = list(kept)
         for start, size in reversed(_contiguous_runs(chosen)):  # deepest first keeps earlier indices valid
-            scale, note = _block_scale(dense_stats, start, size, total, config.compensate, config.estimator)
+            scale, note = _block_scale(dense_stats, start, size, total, config.compensate, estimator)
             recipe.rounds.append(_round(original_kept[start : start + size], scale, note, original_kept, masked, scores))
             apply_round(arch, kept, start, size, scale)
     else:  # iterative: re-score after every removal
@@ -167,7 +168,7 @@ def prune(
             scores, masked, stats = _score_round(arch, metric, config, calibration, round_index, 1, progress)
             dense_stats = dense_stats or stats
             start = int(torch.argmin(masked))
-            scale, note = _block_scale(stats, start, 1, arch.num_layers(), config.compensate, config.estimator)
+            scale, note = _block_scale(stats, start, 1, arch.num_layers(), config.compensate, estimator)
             recipe.rounds.append(_round([kept[start]], scale, note, kept, masked, scores))
             apply_round(arch, kept, start, 1, scale)
 

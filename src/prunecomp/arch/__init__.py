@@ -54,6 +54,8 @@ class ArchSpec:
     per_layer_config_keys: tuple[str, ...] = ("layer_types",)
     # Further config rewrites on removal: fn(config, kept_current_indices).
     config_adjusters: tuple[Callable, ...] = field(default=())
+    # Scale estimator used when the config says "auto" (see compensate.block_scale).
+    default_estimator: str = "channel_mean"
 
 
 LLAMA_LIKE = dict(layer_linear_writers=("self_attn.o_proj", "mlp.down_proj"))
@@ -63,6 +65,11 @@ GEMMA_LIKE = dict(
     layer_linear_writers=(),
     layer_norm_writers=("post_attention_layernorm", "post_feedforward_layernorm"),
     norm_offset=1.0,
+    # Measured on Gemma-3-270M (BI, k=3, README): the paper's channel average over-estimates the
+    # gain (small channels grow fastest under fixed-RMS post-normed updates, while a few massive
+    # channels set the RMS the next norm divides by) and made perplexity worse than no compensation;
+    # the token-RMS ratio made it better.
+    default_estimator="token_rms",
 )
 
 SPECS: tuple[ArchSpec, ...] = (

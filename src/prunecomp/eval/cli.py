@@ -73,6 +73,7 @@ def cmd_compare(args) -> int:
         ablation_metric=args.ablation or None,
         seed=args.seed,
         batch_size=args.batch_size,
+        estimator=args.estimator,
         calib=CalibConfig(source=args.calib, num_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed),
         evaluation=EvalSettings(ppl_datasets=_csv(args.ppl), seqlen=args.eval_seqlen, max_windows=args.max_windows,
                                 tasks=_tasks(args.tasks), limit=args.limit, batch_size=args.batch_size),
@@ -102,6 +103,7 @@ def add_subcommands(sub, add_model_options, add_calib_options, _prune_config) ->
     c.add_argument("--layers", type=int, required=True, help="layers to remove (k)")
     c.add_argument("--ablation", default="bi", help="metric for the one-shot/iterative/compensation ablation ('' to skip)")
     c.add_argument("--out", required=True, help="output folder (results.json, results.md, PNGs, cache/)")
+    c.add_argument("--estimator", default="auto", choices=["auto", "channel_mean", "token_rms"])
     c.add_argument("--quiet", action="store_true")
     _add_eval_options(c, default_seqlen=512)
     add_calib_options(c)

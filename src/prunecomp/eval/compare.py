@@ -62,6 +62,7 @@ class CompareConfig:
     calib: CalibConfig = field(default_factory=CalibConfig)
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     batch_size: int = 1
+    estimator: str = "auto"
 
 
 def method_name(metric: str, iterative: bool, compensate: bool) -> str:
@@ -94,7 +95,8 @@ def plan_methods(config: CompareConfig) -> tuple[list[Method], dict | None]:
 
 
 def _fingerprint(model_name: str, config: CompareConfig) -> str:
-    data = json.dumps({"model": model_name, "k": config.num_layers, "seed": config.seed, "calib": asdict(config.calib)}, sort_keys=True)
+    data = json.dumps({"model": model_name, "k": config.num_layers, "seed": config.seed, "estimator": config.estimator,
+                       "calib": asdict(config.calib)}, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -168,7 +170,7 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
             else:
                 prune_config = PruneConfig(metric=method.metric, num_layers=config.num_layers, iterative=method.iterative,
                                            compensate=method.compensate, seed=config.seed, batch_size=config.batch_size,
-                                           calib=config.calib)
+                                           estimator=config.estimator, calib=config.calib)
                 recipe = prune(candidate, tokenizer, prune_config, windows, source_model=model_name, progress=progress).recipe
                 recipe.calibration = calib_info
                 recipe.save(recipe_path)
@@ -201,6 +203,7 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
             "calibration": calib_info,
             "evaluation": asdict(settings),
             "metrics": list(config.metrics),
+            "estimator": config.estimator,
             "seed": config.seed,
         },
         "methods": rows,
