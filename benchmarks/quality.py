@@ -43,8 +43,9 @@ RUNS = {
             num_layers=3,
             ablation_metric="bi",
             calib=CalibConfig(source="c4:train", num_windows=8, seqlen=256, seed=0),
-            evaluation=EvalSettings(ppl_datasets=("wikitext2", "c4", "ptb"), seqlen=512, max_windows=16,
-                                    tasks=QA_TASKS, limit=50, batch_size=2),
+            # Gemma's 262k-token vocabulary makes every scored token ~2x SmolLM2's cost: smaller eval budget.
+            evaluation=EvalSettings(ppl_datasets=("wikitext2", "c4", "ptb"), seqlen=512, max_windows=8,
+                                    tasks=QA_TASKS, limit=25, batch_size=2),
             batch_size=2,
         ),
     ),

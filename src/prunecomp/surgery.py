@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from torch import nn
 
 from .arch import ResolvedArch
-from .compat import SkippedLayer
+from .compat import layer_input_hidden
 
 
 def remove_layers(arch: ResolvedArch, indices: list[int]) -> None:
@@ -50,11 +50,24 @@ def renumber_layer_indices(arch: ResolvedArch) -> None:
 
 @contextmanager
 def skipped(arch: ResolvedArch, index: int):
-    """Temporarily replace decoder layer `index` with the identity (for skip-one-layer metrics)."""
-    layers = arch.layers()
-    original = layers[index]
-    layers[index] = SkippedLayer(original)
+    """Make decoder layer `index` pass its input through (for skip-one-layer metrics).
+
+    Hooks replace the layer's output with its input in whatever form the installed transformers
+    returns (tensor or tuple), so no assumption about the layer's return type is needed.
+    """
+    layer = arch.layers()[index]
+    seen = {}
+
+    def remember(module, args, kwargs):
+        seen["hidden"] = layer_input_hidden(args, kwargs)
+
+    def pass_through(module, args, output):
+        hidden = seen.pop("hidden")
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    handles = [layer.register_forward_pre_hook(remember, with_kwargs=True), layer.register_forward_hook(pass_through)]
     try:
         yield
     finally:
-        layers[index] = original
+        for handle in handles:
+            handle.remove()
