@@ -73,11 +73,12 @@ def _masked_scores(scores: torch.Tensor, num_layers: int, block: int, barrier: t
     return masked
 
 
-def _score_round(arch, metric: Metric, config: PruneConfig, windows, round_index: int, block: int, progress: bool):
+def _score_round(arch, metric: Metric, config: PruneConfig, windows, round_index: int, block: int, progress: bool,
+                 writer_scales: list[float] | None = None):
     stats = None
     if metric.needs_stats or config.compensate:
         stats = capture_stats(arch, windows, (block,), config.batch_size, progress, desc=f"round {round_index + 1}: stats")
-    ctx = ScoreContext(arch, windows, stats, block, config.batch_size, config.seed, round_index, progress)
+    ctx = ScoreContext(arch, windows, stats, block, config.batch_size, config.seed, round_index, progress, writer_scales)
     scores = metric.score(ctx).double().cpu()
     return scores, _masked_scores(scores, arch.num_layers(), block, config.barrier()), stats
 
@@ -164,13 +165,15 @@ def prune(
             recipe.rounds.append(_round(original_kept[start : start + size], scale, note, original_kept, masked, scores))
             apply_round(arch, kept, start, size, scale)
     else:  # iterative: re-score after every removal
+        writer_scales = [1.0] * total  # compensation folded so far into each current layer's writers
         for round_index in tqdm(range(k), desc=f"pruning ({metric.name})", disable=not progress):
-            scores, masked, stats = _score_round(arch, metric, config, calibration, round_index, 1, progress)
+            scores, masked, stats = _score_round(arch, metric, config, calibration, round_index, 1, progress, writer_scales)
             dense_stats = dense_stats or stats
             start = int(torch.argmin(masked))
             scale, note = _block_scale(stats, start, 1, arch.num_layers(), config.compensate, estimator)
             recipe.rounds.append(_round([kept[start]], scale, note, kept, masked, scores))
             apply_round(arch, kept, start, 1, scale)
+            writer_scales = [w * scale for w in writer_scales[:start]] + writer_scales[start + 1 :]
 
     return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started)
 

@@ -128,3 +128,31 @@ def test_unknown_metric_lists_the_known_ones():
     with pytest.raises(UnknownMetric, match="bi, cl, taylor"):
         get_metric("nope")
     assert get_metric("Taylor+") is METRICS["taylor"]
+
+
+def test_mag_divides_out_the_folded_compensation():
+    """Folding s before layer j is a reparameterisation of layers < j; their Mag+ must not move."""
+    from prunecomp.compensate import fold_scale
+
+    model = tiny_model(layers=5)
+    windows = random_windows(3, 24)
+    arch = resolve(model)
+    before = get_metric("mag").score(ScoreContext(arch, windows, None))
+    fold_scale(arch, 3, 1.5)
+    naive = get_metric("mag").score(ScoreContext(arch, windows, None))
+    aware = get_metric("mag").score(ScoreContext(arch, windows, None, writer_scales=[1.5, 1.5, 1.5, 1.0, 1.0]))
+    assert bool((naive[:3] > before[:3] * 1.01).all())  # raw |W| of the folded layers grew
+    assert torch.allclose(aware, before, rtol=1e-6)
+
+
+def test_taylor_is_nearly_unchanged_by_a_fold_without_correction():
+    from prunecomp.compensate import fold_scale
+
+    model = tiny_model(layers=5)
+    windows = random_windows(3, 24)
+    arch = resolve(model)
+    before = get_metric("taylor").score(ScoreContext(arch, windows, None))
+    fold_scale(arch, 3, 1.5)
+    after = get_metric("taylor").score(ScoreContext(arch, windows, None, writer_scales=[1.5, 1.5, 1.5, 1.0, 1.0]))
+    # layers before the fold keep their score within ~10% (a 1.5x raw-weight change would be 50%)
+    assert torch.allclose(after[:3], before[:3], rtol=0.1)

@@ -21,6 +21,12 @@ class ScoreContext:
     seed: int = 0
     round_index: int = 0
     progress: bool = False
+    # Product of the compensation scales folded so far into each current layer's residual writers.
+    # Weight-based metrics divide it out so the fold (a reparameterisation) does not move scores.
+    writer_scales: list[float] | None = None
+
+    def writer_scale(self, index: int) -> float:
+        return 1.0 if self.writer_scales is None else self.writer_scales[index]
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,28 @@ from ..calib.capture import batches, model_device
 from .base import ScoreContext
 
 
-def _layer_matrices(layer: nn.Module) -> list[nn.Parameter]:
-    """The weight matrices of a decoder layer (every nn.Linear weight; norms are excluded)."""
-    return [m.weight for m in layer.modules() if isinstance(m, nn.Linear)]
+def _layer_matrices(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float]]:
+    """(weight, divisor) for every nn.Linear weight of a layer; norms are excluded.
+
+    Residual writers carry the compensation scales folded into them so far; dividing by that
+    product scores the layer as it was before the fold, so compensating an earlier cut does not
+    make the layers before it look more important (otherwise iterative Mag+/Taylor+ drift towards
+    removing ever deeper layers).
+    """
+    layer = ctx.arch.layers()[index]
+    writers = {id(m) for m in ctx.arch.layer_writers(index)[0]}
+    scale = ctx.writer_scale(index)
+    return [(m.weight, scale if id(m) in writers else 1.0) for m in layer.modules() if isinstance(m, nn.Linear)]
 
 
 def magnitude(ctx: ScoreContext) -> torch.Tensor:
-    """Mag+: sum of |W| over every weight matrix of the layer."""
+    """Mag+: sum of |W| over every weight matrix of the layer (compensation divided out)."""
     with torch.no_grad():
         return torch.tensor(
-            [sum(float(w.detach().float().abs().sum()) for w in _layer_matrices(layer)) for layer in ctx.arch.layers()],
+            [
+                sum(float(w.detach().float().abs().sum()) / divisor for w, divisor in _layer_matrices(ctx, index))
+                for index in range(ctx.arch.num_layers())
+            ],
             dtype=torch.float64,
         )
 
@@ -27,12 +39,14 @@ def taylor(ctx: ScoreContext) -> torch.Tensor:
     """Taylor+: sum of |W * dL/dW| over every weight matrix of the layer.
 
     L is the mean next-token loss on the calibration windows; the first-order Taylor term
-    estimates how much the loss changes if the layer's weights are zeroed.
+    estimates how much the loss changes if the layer's weights are zeroed. Unlike Mag+, no
+    correction for folded compensation is needed: scaling a writer by s scales dL/dW by about
+    1/s (the stream it feeds is read through norms), so |W * dL/dW| is nearly unchanged.
     """
     model = ctx.arch.model
-    layers = ctx.arch.layers()
-    matrices = [_layer_matrices(layer) for layer in layers]
-    tracked = {id(p) for group in matrices for p in group}
+    unscaled = ScoreContext(ctx.arch, ctx.windows, ctx.stats)
+    matrices = [_layer_matrices(unscaled, index) for index in range(ctx.arch.num_layers())]
+    tracked = {id(p) for group in matrices for p, _ in group}
     previous = {name: p.requires_grad for name, p in model.named_parameters()}
     device = model_device(model)
     total_tokens = ctx.windows.shape[0] * (ctx.windows.shape[1] - 1)
@@ -50,7 +64,7 @@ def taylor(ctx: ScoreContext) -> torch.Tensor:
                 (loss / total_tokens).backward()
         with torch.no_grad():
             scores = [
-                sum(float((w.detach().float() * w.grad.float()).abs().sum()) for w in group if w.grad is not None)
+                sum(float((w.detach().float() * w.grad.float()).abs().sum()) / divisor for w, divisor in group if w.grad is not None)
                 for group in matrices
             ]
     finally:
