@@ -33,14 +33,18 @@ def cmd_eval(args) -> int:
     from .harness import HarnessResult, retained, run_harness
     from .ppl import evaluate_perplexity
 
-    model, tokenizer, source = load_model(args.model, args.dtype, args.device)
-    report: dict = {"model": source.name, "ppl": {}, "harness": None}
+    tasks = _tasks(args.tasks)
+    needs_model = bool(_csv(args.ppl)) or (tasks and args.backend == "hf")
+    if needs_model:
+        model, tokenizer, source = load_model(args.model, args.dtype, args.device)
+    else:  # vLLM loads the checkpoint itself
+        model, tokenizer = None, None
+    report: dict = {"model": args.model, "ppl": {}, "harness": None}
     for dataset in _csv(args.ppl):
         result = evaluate_perplexity(model, tokenizer, dataset, args.eval_seqlen, args.max_windows, args.batch_size,
                                      progress=not args.quiet)
         report["ppl"][dataset] = result.to_dict()
         print(f"{dataset:>10}  ppl {result.perplexity:10.3f}   ({result.protocol()}; {result.origin})")
-    tasks = _tasks(args.tasks)
     if tasks:
         pretrained = args.model if args.backend == "vllm" else None
         harness = run_harness(None if args.backend == "vllm" else model, tokenizer, list(tasks), limit=args.limit,
@@ -55,7 +59,8 @@ def cmd_eval(args) -> int:
             dense = json.loads(Path(args.dense_results).read_text())
             rp = retained(harness, HarnessResult.from_dict(dense["harness"]))
             report["retained"] = rp
-            print(f"{'RP':>10}  {rp['rp']:6.2f}% of the dense model's average over {', '.join(rp['compared'])}")
+            value = "n/a (dense average is 0)" if rp["rp"] is None else f"{rp['rp']:6.2f}%"
+            print(f"{'RP':>10}  {value} of the dense model's average over {', '.join(rp['compared'])}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"saved: {args.json}")
