@@ -436,7 +436,8 @@ def plot_gain_ratio(results: Results, path: str | Path) -> Path:
     ax.bar(x, ratio, color="tab:blue", alpha=0.8, label="gain ratio")
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="ratio = 1")
     positive = [r for r in ratio if r > 0]
-    log_scale = bool(positive) and len(positive) == len(ratio) and max(positive) / min(positive) > 20
+    # an embedding-to-first-layer jump (often 10x or more) would flatten every other bar
+    log_scale = bool(positive) and len(positive) == len(ratio) and max(positive) / min(positive) > 4
     if log_scale:
         ax.set_yscale("log")
     markers = "v^osDP*Xph"
