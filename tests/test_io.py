@@ -35,7 +35,7 @@ def test_checkpoint_round_trip(pruned, tmp_path):
 
 
 def test_refuses_existing_and_input_folders(pruned, tmp_path):
-    (tmp_path / "exists").mkdir()
+    save_pruned(pruned.model, None, pruned.recipe, tmp_path / "exists")
     with pytest.raises(SaveError, match="overwrite"):
         save_pruned(pruned.model, None, pruned.recipe, tmp_path / "exists")
     source = ModelSource("m", str(tmp_path / "model"))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib.util
+import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -11,18 +16,23 @@ from pathlib import Path
 
 import torch
 
-from .recipe import RECIPE_FILENAME, Recipe
+from .errors import ModelLoadError, OutputError, RecipeMismatch, UnsafeLoad
+from .guards import check_finite_weights
+from .locking import acquire_output_lock, release_output_lock, sigterm_as_interrupt
+from .recipe import RECIPE_FILENAME, Recipe, check_applicable
+
+log = logging.getLogger("prunecomp")
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
 
-class LoadError(RuntimeError):
-    pass
+# Historical names, kept for callers that catch them.
+LoadError = ModelLoadError
+SaveError = OutputError
 
-
-class SaveError(RuntimeError):
-    pass
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,8 @@ class ModelSource:
     name: str  # what the user typed, kept in recipes
     path: str
     gguf_file: str | None = None
+    fingerprint: str | None = None  # of the weights as loaded (see weights_fingerprint)
+    dtype: str | None = None  # the dtype the weights were loaded in
 
     @property
     def local_dir(self) -> Path | None:
@@ -66,6 +78,13 @@ def _gemma3() -> ModelSource:
 BUILTIN = {"smollm2-135m": _smollm2, "smollm2": _smollm2, "gemma3-270m": _gemma3, "gemma3": _gemma3}
 
 
+def _looks_like_path(name: str) -> bool:
+    """True for things a user types as a path; a hub id is exactly `owner/name` (or `name`)."""
+    if name.startswith(("/", ".", "~")) or os.sep in name.strip(os.sep).split(os.sep, 1)[-1]:
+        return True
+    return not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name) or name.endswith((".", "-"))
+
+
 def resolve_source(name: str) -> ModelSource:
     if name.lower() in BUILTIN:
         return BUILTIN[name.lower()]()
@@ -75,13 +94,115 @@ def resolve_source(name: str) -> ModelSource:
             raise LoadError(f"no such GGUF file: {path}")
         return ModelSource(name, str(path.resolve().parent), path.name)
     if path.exists() and not path.is_dir():
-        raise LoadError(f"{path} is a file; pass a model folder, a .gguf file or a hub id")
+        raise LoadError(f"{path} is a file, not a model; pass a model folder, a .gguf file or a hub id")
     if path.is_dir() and not (path / "config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return ModelSource(name, str(path.resolve()), ggufs[0].name)
         raise LoadError(f"{path} has no config.json" + (f" and several .gguf files: pass one of {[g.name for g in ggufs]}" if ggufs else ""))
-    return ModelSource(name, str(path.resolve()) if path.is_dir() else name)
+    if path.is_dir():
+        return ModelSource(name, str(path.resolve()))
+    if _looks_like_path(name):
+        raise LoadError(f"no such model folder or file: {path} (a hub id looks like owner/name)")
+    return ModelSource(name, name)
+
+
+def _hub_offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the cache cannot even name: not cached
+        return False
+
+
+def _hub_reachable() -> str | None:
+    """None when the hub answers within a few seconds, else why not (one short phrase)."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
+        return None
+    except Exception as exc:  # any transport error means: do not let the hub client retry for a minute
+        text = str(exc).strip().splitlines()
+        return text[-1][:120] if text else type(exc).__name__
+
+
+def hub_access(repo_id: str) -> dict:
+    """Decide how to reach a hub id before transformers does, so offline use fails in one line.
+
+    Returns extra from_pretrained kwargs ({"local_files_only": True} when only the cache is usable).
+    """
+    cached = _hub_cached(repo_id)
+    if _hub_offline():
+        if not cached:
+            raise LoadError(f"{repo_id!r} is not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE "
+                            "is set: download it first (hf download REPO) or pass a local folder")
+        return {"local_files_only": True}
+    problem = _hub_reachable()
+    if problem is None:
+        return {}
+    if cached:
+        log.warning("prunecomp: the hub is unreachable (%s); using the cached copy of %s", problem, repo_id)
+        return {"local_files_only": True}
+    raise LoadError(f"cannot reach the Hugging Face hub ({problem}) and {repo_id!r} is not a local folder or cached; "
+                    "pass a local folder or .gguf file, or download the model first")
+
+
+def check_architecture(source: ModelSource) -> str:
+    """Read the model_type from config.json (no weights loaded) and refuse unsupported ones.
+
+    GGUF files are checked after loading (reading their config is as slow as loading them).
+    Returns the model_type ("" when it cannot be read cheaply).
+    """
+    from .arch import UnsupportedArchitecture, supported_model_types
+
+    folder = source.local_dir
+    if source.gguf_file or folder is None or not (folder / "config.json").is_file():
+        return ""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LoadError(f"{folder / 'config.json'} is not readable JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise LoadError(f"{folder / 'config.json'} is not a model config (expected a JSON object)")
+    types = [config.get("model_type"), (config.get("text_config") or {}).get("model_type")]
+    supported = supported_model_types()
+    if not any(t in supported for t in types if t):
+        raise UnsupportedArchitecture(
+            f"unsupported architecture {types[0]!r} in {folder}; supported model_types: {', '.join(supported)}")
+    return str(types[0])
+
+
+def _pickle_only(folder: Path) -> bool:
+    files = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    has_safetensors = any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json") for f in files)
+    return not has_safetensors and any(f.endswith(PICKLE_SUFFIXES) for f in files)
+
+
+@torch.no_grad()
+def weights_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
+    """A short hash of a model's weights, the same whatever dtype they were loaded in.
+
+    Every tensor contributes its name, shape and up to `sample` evenly strided values rounded to
+    bfloat16 (so float32 and bfloat16 loads of one checkpoint agree). A fine-tune changes nearly
+    every value of the tensors it trains, so a strided sample catches it without reading all bytes.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        if flat.is_floating_point():
+            flat = flat[:: max(1, flat.numel() // sample)][:sample].to("cpu", torch.bfloat16).view(torch.int16)
+        else:
+            flat = flat[:: max(1, flat.numel() // sample)][:sample].to("cpu", torch.int64)
+        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
+        digest.update(flat.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def _make_saveable(model) -> None:
@@ -95,24 +216,52 @@ def _make_saveable(model) -> None:
         del model.config.quantization_config
 
 
-def load_model(name: str, dtype: str | None = None, device: str | None = None):
-    """Load (model, tokenizer, source). dtype: float32 | bfloat16 | float16 | None (checkpoint's)."""
+def load_model(name: str, dtype: str | None = None, device: str | None = None, *, trust_remote_code: bool = False,
+               allow_pickle: bool = False, check_weights: bool = True, require_supported: bool = False):
+    """Load (model, tokenizer, source). dtype: float32 | bfloat16 | float16 | None (checkpoint's).
+
+    Refuses, each in one line: paths that do not exist, hub ids that cannot be reached, pickle
+    weights unless `allow_pickle`, and weights holding NaN or Inf (naming the tensor).
+    `require_supported` checks the architecture from config.json before any weights are read.
+    The returned source carries the weights' fingerprint and dtype, which recipes record.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = resolve_source(name)
-    kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
+    if dtype is not None and dtype not in DTYPES:
+        raise LoadError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    if require_supported:
+        check_architecture(source)
+    common: dict = {"trust_remote_code": trust_remote_code}
+    if source.gguf_file:
+        common["gguf_file"] = source.gguf_file
+    elif source.local_dir is None:
+        common |= hub_access(source.path)
+    kwargs = dict(common)
     if dtype is not None:
-        if dtype not in DTYPES:
-            raise LoadError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
         kwargs["dtype"] = DTYPES[dtype]
+    if not source.gguf_file and not allow_pickle:
+        if source.local_dir is not None and _pickle_only(source.local_dir):
+            raise UnsafeLoad(f"{source.local_dir} holds only pickle weights (.bin/.pt), which can run code when loaded; "
+                             "convert them to safetensors or pass --allow-pickle if you trust the files")
+        kwargs["use_safetensors"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **({"gguf_file": source.gguf_file} if source.gguf_file else {}))
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **common)
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-    except OSError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "trust_remote_code" in str(exc):
+            first = "it needs its own Python code from the hub; pass --trust-remote-code if you trust it"
+        elif "safetensors" in str(exc) and not allow_pickle:
+            first += " (only safetensors are loaded unless you pass --allow-pickle)"
         raise LoadError(f"could not load {name!r}: {first}") from exc
     if source.gguf_file:
         _make_saveable(model)
+    if check_weights:
+        check_finite_weights(model, where=repr(name))
+    parameter = next(model.parameters(), None)
+    loaded_dtype = str(parameter.dtype).removeprefix("torch.") if parameter is not None else None
+    source = dataclasses.replace(source, fingerprint=weights_fingerprint(model), dtype=loaded_dtype)
     if device:
         model.to(device)
     model.eval()
@@ -127,31 +276,87 @@ def _inside(child: Path, parent: Path) -> bool:
         return False
 
 
-def check_output_dir(out: str | Path, source: ModelSource | None = None, overwrite: bool = False) -> Path:
-    """Refuse outputs that would overwrite the input model or an existing folder (without overwrite)."""
+def _is_prunecomp_output(folder: Path) -> bool:
+    return (folder / RECIPE_FILENAME).is_file()
+
+
+def check_output_dir(out: str | Path, source: ModelSource | None = None, overwrite: bool = False, *,
+                     lock: bool = True) -> Path:
+    """Validate `out` before any expensive work and (by default) lock it for this process.
+
+    Refuses: the input model's folder, a folder inside it or around it; the working folder or
+    one that contains it; an existing file; a non-empty folder without `overwrite`; and, even with
+    `overwrite`, a non-empty folder that is not a prunecomp output (no prunecomp_recipe.json).
+    An empty existing folder is fine. The lock makes a second run into the same `out` fail now,
+    not after hours; it is released by save_pruned, at exit, or by locking.release_output_lock.
+    """
     out = Path(out).expanduser().resolve()
     if source is not None and source.local_dir is not None:
         src = source.local_dir
         if out == src or _inside(out, src) or _inside(src, out):
-            raise SaveError(f"refusing to write into or over the input model's folder {src}")
-    if out.exists() and not overwrite:
-        raise SaveError(f"{out} already exists; pass --overwrite to replace it")
+            raise SaveError(f"refusing to write into or over the input model's folder {src}; choose another --out")
     if out.exists() and not out.is_dir():
-        raise SaveError(f"{out} exists and is not a folder")
+        raise SaveError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if _inside(Path.cwd().resolve(), out):
+            raise SaveError(f"refusing to replace {out}: it is (or contains) the working folder; choose a new --out")
+        if not _is_prunecomp_output(out):
+            raise SaveError(f"refusing to replace {out}: it is not empty and not a prunecomp output "
+                            f"(no {RECIPE_FILENAME}); choose a new or empty --out")
+        if not overwrite:
+            raise SaveError(f"{out} already holds a prunecomp output; pass --overwrite to replace it")
+    if lock:
+        acquire_output_lock(out)
+        try:
+            _check_writable(out)
+            remove_stale_temporaries(out)
+        except BaseException:
+            release_output_lock(out)
+            raise
+    else:
+        _check_writable(out)
     return out
+
+
+def _check_writable(out: Path) -> None:
+    folder = out.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SaveError(f"cannot write to {folder} (permission denied); choose a writable --out")
+
+
+def temporary_siblings(out: Path) -> list[Path]:
+    """Staging and trash folders of `out` that a save creates beside it (hidden, prefixed by its name)."""
+    if not out.parent.is_dir():
+        return []
+    prefixes = (f".{out.name}.tmp-", f".{out.name}.old-")
+    return sorted(p for p in out.parent.iterdir() if p.name.startswith(prefixes) and p.is_dir())
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete temporary folders left by interrupted saves of `out`. Call only while holding its lock:
+    the lock proves no live run is still writing them."""
+    stale = temporary_siblings(out)
+    for path in stale:
+        log.warning("prunecomp: removing %s, left by an interrupted run", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def model_card(recipe: Recipe, params_before: int | None, params_after: int | None) -> str:
     removed = ", ".join(str(i) for i in recipe.removed_layers)
+    count = len(recipe.removed_layers)
+    versions = ", ".join(f"{k} {v}" for k, v in recipe.versions.items())
     scales = ", ".join(f"{r.scale:.4f}" for r in recipe.rounds)
     lines = [
         "---",
         "library_name: transformers",
         "tags: [prunecomp, layer-pruning]",
         "---",
-        f"# {Path(recipe.source_model).name or recipe.source_model}, {recipe.num_layers_removed} layers pruned with prunecomp",
+        f"# {Path(recipe.source_model).name or recipe.source_model}, {count} layers pruned with prunecomp",
         "",
-        f"This checkpoint is `{recipe.source_model}` with {recipe.num_layers_removed} of {recipe.num_layers_original} decoder "
+        f"This checkpoint is `{recipe.source_model}` with {count} of {recipe.num_layers_original} decoder "
         f"layers removed by **{recipe.metric}** ({recipe.mode}), "
         + ("with Prune&Comp magnitude compensation folded into the weights." if recipe.compensate else "without compensation."),
         "It is a standard checkpoint: load it with `AutoModelForCausalLM.from_pretrained` (no prunecomp needed).",
@@ -160,10 +365,55 @@ def model_card(recipe: Recipe, params_before: int | None, params_after: int | No
         f"- scales per round: {scales}",
         f"- calibration: {recipe.calibration}",
     ]
+    if recipe.source_fingerprint or recipe.dtype:
+        lines.append(f"- source weights: fingerprint {recipe.source_fingerprint or 'n/a'}, {recipe.dtype or 'dtype n/a'}")
+    if versions:
+        lines.append(f"- made with: {versions}")
+    for warning in recipe.warnings:
+        lines.append(f"- warning: {warning}")
     if params_before and params_after:
         lines.append(f"- parameters: {params_before:,} -> {params_after:,} ({100 * params_after / params_before:.1f}%)")
     lines += ["", f"The exact recipe is in `{RECIPE_FILENAME}`; `prunecomp apply SOURCE --recipe {RECIPE_FILENAME} --out DIR` replays it.", ""]
     return "\n".join(lines)
+
+
+def _recipe_for_output(recipe: Recipe, model, source: ModelSource | None, force: bool) -> Recipe:
+    """The recipe as saved: it names the source actually used, its fingerprint and dtype.
+
+    A recipe that already records a fingerprint (a replay) must match the source unless forced.
+    """
+    parameter = next(model.parameters(), None)
+    dtype = str(parameter.dtype).removeprefix("torch.") if parameter is not None else None
+    if source is None:
+        return dataclasses.replace(recipe, dtype=recipe.dtype or dtype, versions=recipe.versions or _versions())
+    if recipe.source_fingerprint:
+        warnings = check_applicable(recipe, recipe.model_type, recipe.num_layers_original, fingerprint=source.fingerprint,
+                                    dtype=source.dtype, force=force)
+        if warnings:
+            log.warning("prunecomp: applied anyway (--force): %s", "; ".join(warnings))
+        extra = [f"forced replay: {w}" for w in warnings]
+    else:
+        extra = []
+    return dataclasses.replace(
+        recipe,
+        source_model=source.name,
+        source_fingerprint=source.fingerprint or recipe.source_fingerprint,
+        dtype=source.dtype or recipe.dtype or dtype,
+        versions=_versions(),
+        warnings=list(recipe.warnings) + extra,
+    )
+
+
+def _versions() -> dict:
+    from .recipe import library_versions
+
+    return library_versions()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_pruned(
@@ -176,28 +426,44 @@ def save_pruned(
     overwrite: bool = False,
     params_before: int | None = None,
     params_after: int | None = None,
+    force: bool = False,
 ) -> Path:
     """Write safetensors + config + tokenizer + recipe + card into a temporary sibling, then rename.
 
-    A crash leaves at most a hidden `.<name>.tmp-*` folder, never a half-written `out`.
+    A crash leaves at most a hidden `.<name>.tmp-*` folder, never a half-written `out`; the next
+    save into the same `out` removes it. SIGTERM cleans up like Ctrl-C. The output folder gets the
+    usual permissions (0777 minus the umask), not the 0700 of a temporary folder.
     """
-    out = check_output_dir(out, source, overwrite)
+    with sigterm_as_interrupt():
+        out = check_output_dir(out, source, overwrite)
+        try:
+            saved = _recipe_for_output(recipe, model, source, force)
+            _write_atomically(model, tokenizer, saved, out, params_before, params_after)
+        finally:
+            release_output_lock(out)
+    return out
+
+
+def _write_atomically(model, tokenizer, recipe: Recipe, out: Path, params_before, params_after) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    trash = None
     try:
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        recipe.save(staging / RECIPE_FILENAME)
         (staging / "README.md").write_text(model_card(recipe, params_before, params_after), encoding="utf-8")
+        recipe.save(staging / RECIPE_FILENAME)  # last: a folder with a recipe is a finished output
+        os.chmod(staging, 0o777 & ~_umask())
         if out.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, trash / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if trash is not None and (trash / out.name).exists() and not out.exists():
+            os.replace(trash / out.name, out)  # put the previous output back
         raise
-    return out
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)

@@ -68,7 +68,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ..config import CalibConfig
+    from ..cli import calib_config
     from ..io import load_model
     from .compare import CompareConfig, EvalSettings, run_compare
 
@@ -79,7 +79,7 @@ def cmd_compare(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         estimator=args.estimator,
-        calib=CalibConfig(source=args.calib, num_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed),
+        calib=calib_config(args),
         evaluation=EvalSettings(ppl_datasets=_csv(args.ppl), seqlen=args.eval_seqlen, max_windows=args.max_windows,
                                 tasks=_tasks(args.tasks), limit=args.limit, batch_size=args.batch_size),
     )
@@ -96,7 +96,7 @@ def add_subcommands(sub, add_model_options, add_calib_options, _prune_config) ->
     _add_eval_options(e, default_seqlen=2048)
     e.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="lm-eval backend; vllm loads the saved checkpoint (GPU)")
     e.add_argument("--batch-size", type=int, default=1)
-    e.add_argument("--dense-results", default=None, help="JSON from `prunecomp eval --json` of the dense model, for RP (%)")
+    e.add_argument("--dense-results", default=None, help="JSON from `prunecomp eval --json` of the dense model, for RP (%%)")
     e.add_argument("--json", default=None, help="write the report as JSON here")
     e.add_argument("--quiet", action="store_true")
     add_model_options(e)
