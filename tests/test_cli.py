@@ -54,3 +54,34 @@ def test_errors_are_one_line_with_exit_code_2(argv, message, model_dir, calib_fi
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("prunecomp: error:")]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
+
+
+def test_remove_lists_exact_layers(model_dir, calib_file, tmp_path, capsys):
+    out = tmp_path / "removed"
+    assert main(["prune", str(model_dir), "--remove", "3,4", "--out", str(out), "--calib", str(calib_file),
+                 "--calib-windows", "2", "--seqlen", "16", "--quiet"]) == 0
+    recipe = json.loads((out / "prunecomp_recipe.json").read_text())
+    assert recipe["removed_layers"] == [3, 4] and recipe["mode"] == "explicit" and len(recipe["rounds"]) == 1
+    assert recipe["rounds"][0]["scale"] != 1.0
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["prune", "MODEL", "--remove", "a,b"], "comma-separated"),
+    (["prune", "MODEL"], "--layers K"),
+    (["prune", "MODEL", "--remove", "2,2"], "twice"),
+])
+def test_remove_and_layers_errors(argv, message, model_dir, capsys):
+    argv = [str(model_dir) if a == "MODEL" else a for a in argv]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_paper_preset_flags_build_the_paper_config():
+    from prunecomp.cli import _prune_config, build_parser
+
+    args = build_parser().parse_args(["prune", "m", "--preset", "paper", "--metric", "taylor", "--layers", "5",
+                                      "--calib-windows", "8", "--seqlen", "256", "--allow-substitute"])
+    config = _prune_config(args)
+    assert config.preset == "paper" and config.calib.sampler == "paper" and config.calib.num_windows == 8
+    assert config.calib.seqlen == 256 and config.score_calib.seqlen == 256 and config.calib.allow_substitute
+    assert config.norm_weights and not config.unfold_magnitude and config.iterative and config.compensate

@@ -31,18 +31,62 @@ def _add_calib_options(parser: argparse.ArgumentParser) -> None:
 
     d = CalibConfig()
     parser.add_argument("--calib", default=d.source, help=f"calibration text: wikitext2|ptb|c4[:split] or a .txt/.jsonl/.parquet file (default {d.source})")
-    parser.add_argument("--calib-windows", type=int, default=d.num_windows, help=f"calibration windows (default {d.num_windows}; paper: 128)")
-    parser.add_argument("--seqlen", type=int, default=d.seqlen, help=f"tokens per calibration window (default {d.seqlen}; paper: 2048)")
+    parser.add_argument("--calib-windows", type=int, default=None, help=f"calibration windows for scoring (default {d.num_windows}; paper: 128)")
+    parser.add_argument("--scale-windows", type=int, default=None,
+                        help="windows the compensation scale is estimated on (default: the scoring windows; paper: 256 for BI, "
+                             "else 128); scoring uses the first --calib-windows of them")
+    parser.add_argument("--seqlen", type=int, default=None, help=f"tokens per calibration window (default {d.seqlen}; paper: 2048)")
     parser.add_argument("--seed", type=int, default=0, help="seed for window sampling and the random metric")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--preset", default=None, choices=["paper"],
+                        help="paper: the official Prune&Comp protocol (WikiText-2 train calibration with the official sampler, "
+                             "128 x 2048 windows, per-metric data and details; see README). --calib-windows, --scale-windows "
+                             "and --seqlen, when given, shrink it for a small machine (recorded); --calib is ignored")
+    parser.add_argument("--allow-substitute", action="store_true",
+                        help="offline, let an exact split the preset needs be replaced by a local one (printed and recorded)")
+
+
+def _csv_ints(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise CliError(f"--remove takes comma-separated layer indices, e.g. 25,26,27; got {value!r}") from None
+
+
+def calib_config(args):
+    """CalibConfig from the calibration flags (None: the default)."""
+    from .config import CalibConfig
+
+    d = CalibConfig()
+    return CalibConfig(source=args.calib, num_windows=args.calib_windows or d.num_windows, seqlen=args.seqlen or d.seqlen,
+                       seed=args.seed, scale_windows=args.scale_windows, allow_substitute=args.allow_substitute)
 
 
 def _prune_config(args, metric: str | None = None, iterative: bool | None = None, compensate: bool | None = None):
     from .config import CalibConfig, PruneConfig
 
+    remove = _csv_ints(getattr(args, "remove", None))
+    if getattr(args, "preset", None) == "paper":
+        overrides = dict(batch_size=args.batch_size)
+        if iterative is not None or getattr(args, "one_shot", False):
+            overrides["iterative"] = bool(iterative) if iterative is not None else False
+        if compensate is not None or getattr(args, "no_comp", False):
+            overrides["compensate"] = bool(compensate) if compensate is not None else False
+        if remove is not None:
+            overrides["remove"] = remove
+        if getattr(args, "estimator", "auto") != "auto":
+            overrides["estimator"] = args.estimator
+        config = PruneConfig.paper(metric or args.metric, len(remove) if remove else args.layers,
+                                   allow_substitute=args.allow_substitute, **overrides)
+        return config.with_calibration_size(args.calib_windows, args.scale_windows, args.seqlen)
+    if remove is None and args.layers is None:
+        raise CliError("say how many layers to remove (--layers K) or which (--remove 25,26,27)")
     return PruneConfig(
         metric=metric or args.metric,
-        num_layers=args.layers,
+        num_layers=len(remove) if remove else args.layers,
+        remove=remove,
         iterative=(not args.one_shot) if iterative is None else iterative,
         compensate=(not args.no_comp) if compensate is None else compensate,
         seed=args.seed,
@@ -50,13 +94,18 @@ def _prune_config(args, metric: str | None = None, iterative: bool | None = None
         protect_last=getattr(args, "protect_last", None),
         batch_size=args.batch_size,
         estimator=getattr(args, "estimator", "auto"),
-        calib=CalibConfig(source=args.calib, num_windows=args.calib_windows, seqlen=args.seqlen, seed=args.seed),
+        calib=calib_config(args),
     )
 
 
 def _summary(result, out, seconds: float) -> str:
     recipe = result.recipe
-    lines = [
+    lines = []
+    if recipe.calibration.get("preset"):
+        lines.append(f"preset: {recipe.calibration['preset']}")
+    for line in recipe.calibration.get("substitutions", []):
+        lines.append(f"substituted data: {line}")
+    lines += [
         f"removed layers (original indices): {recipe.removed_layers} of {recipe.num_layers_original}",
         "rounds: " + "; ".join(f"{r.removed} s={r.scale:.4f}" for r in recipe.rounds),
         f"parameters: {result.params_before:,} -> {result.params_after:,} "
@@ -74,6 +123,8 @@ def cmd_prune(args) -> int:
 
     config = _prune_config(args)  # validate before the (slow) load
     started = time.perf_counter()
+    if config.preset == "paper" and args.dtype is None and (args.device or "cpu").startswith("cuda"):
+        args.dtype = "float16"  # the official code scores and estimates the scale in float16 on a GPU
     source_for_check = None
     if args.out:
         from .io import resolve_source
@@ -145,15 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="remove layers and save a compensated checkpoint")
     p.add_argument("model", help="hub id, local folder, .gguf file, or a built-in: smollm2-135m, gemma3-270m")
     p.add_argument("--metric", default="bi", help=metric_help)
-    p.add_argument("--layers", type=int, required=True, help="number of layers to remove (k)")
+    p.add_argument("--layers", type=int, default=None, help="number of layers to remove (k)")
+    p.add_argument("--remove", default=None, metavar="I,J,...",
+                   help="remove exactly these original layer indices (no metric); each contiguous run gets its own scale")
     p.add_argument("--out", help="output folder (omit for a dry run)")
     p.add_argument("--one-shot", action="store_true", help="score once and remove the k lowest (default: iterative)")
     p.add_argument("--no-comp", action="store_true", help="do not fold the magnitude compensation (baseline)")
     p.add_argument("--protect-first", type=int, default=None, help="never remove the first N layers (default: metric's)")
     p.add_argument("--protect-last", type=int, default=None, help="never remove the last N layers (default: metric's)")
-    p.add_argument("--estimator", default="auto", choices=["auto", "channel_mean", "token_rms"],
-                   help="scale estimator: channel_mean (the paper's), token_rms, auto (per architecture: "
-                        "channel_mean for Llama-style, token_rms for Gemma-2/3)")
+    p.add_argument("--estimator", default="auto", choices=["auto", "channel_mean", "channel_mean_windows", "token_rms"],
+                   help="scale estimator: channel_mean (the paper's ratio over all tokens), channel_mean_windows (the same "
+                        "ratio averaged per window, as the official code does), token_rms, auto (per architecture: "
+                        "channel_mean for Llama-style, token_rms for Gemma-2/3; channel_mean_windows under --preset paper)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_calib_options(p)

@@ -13,7 +13,9 @@ from torch import nn
 
 from .arch import ResolvedArch
 
-ESTIMATORS = ("channel_mean", "token_rms")
+ESTIMATORS = ("channel_mean", "channel_mean_windows", "token_rms")
+# Estimators that need HiddenStats.window_channel_mean_abs
+PER_WINDOW_ESTIMATORS = ("channel_mean_windows",)
 AUTO = "auto"  # the architecture spec's default_estimator
 
 
@@ -25,9 +27,16 @@ def block_scale(stats, start: int, stop: int, estimator: str = "channel_mean") -
     """The scale that stands in for layers start..stop-1, from one-pass HiddenStats.
 
     channel_mean (default, the paper's): mean_c E|h_stop[c]| / E|h_start[c]|.
+    channel_mean_windows (the official code's averaging, magcomp.py): per window, the per-channel
+    ratio of mean |h| over that window's tokens; then the mean over windows; then over channels.
     token_rms: E_t rms(h_stop) / E_t rms(h_start), the ratio of what the next RMSNorm divides by;
     it follows massive-activation channels, which the channel average deliberately down-weights.
     """
+    if estimator == "channel_mean_windows":
+        per_window = stats.window_channel_mean_abs
+        if per_window is None:
+            raise CompensationError("channel_mean_windows needs per-window statistics (capture_stats(per_window=True))")
+        return windowed_channel_scale(per_window[:, start], per_window[:, stop])
     if estimator == "token_rms":
         scale = float(stats.token_rms[stop] / stats.token_rms[start])
         check_scale(scale)
@@ -52,6 +61,19 @@ def estimate_scale(mean_abs_in: torch.Tensor, mean_abs_out: torch.Tensor, estima
     if bool((den <= 0).any()):
         raise CompensationError("a channel has zero mean magnitude at the block input; cannot form a ratio")
     scale = float((num / den).mean())
+    check_scale(scale)
+    return scale
+
+
+def windowed_channel_scale(mean_abs_in: torch.Tensor, mean_abs_out: torch.Tensor) -> float:
+    """mean_c mean_w (mean_abs_out[w, c] / mean_abs_in[w, c]) for [windows, hidden] inputs."""
+    num = mean_abs_out.double()
+    den = mean_abs_in.double()
+    if num.shape != den.shape or num.dim() != 2:
+        raise CompensationError(f"expected two [windows, hidden] tensors, got {tuple(num.shape)} and {tuple(den.shape)}")
+    if bool((den <= 0).any()):
+        raise CompensationError("a channel has zero mean magnitude at the block input in some window; cannot form a ratio")
+    scale = float((num / den).mean(dim=0).mean())
     check_scale(scale)
     return scale
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from .arch import ResolvedArch, resolve
-from .calib import load_text, sample_windows, tokenize_stream, wants_bos
 from .calib.capture import HiddenStats, capture_stats
-from .compensate import AUTO, block_scale, fold_scale
+from .calib.sets import CalibrationSets, calibration_sets
+from .compensate import AUTO, PER_WINDOW_ESTIMATORS, block_scale, fold_scale
 from .config import CalibConfig, ConfigError, PruneConfig
 from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
@@ -33,13 +35,18 @@ class PruneResult:
 
 
 def calibration_windows(tokenizer, calib: CalibConfig) -> tuple[torch.Tensor, dict]:
-    """Seeded calibration windows plus a description of them for the recipe."""
-    source = load_text(calib.source)
-    add_bos = wants_bos(tokenizer) if calib.add_bos is None else calib.add_bos
-    bos_id = tokenizer.bos_token_id if add_bos else None
-    windows = sample_windows(tokenize_stream(tokenizer, source), calib.num_windows, calib.seqlen, calib.seed, bos_id)
-    info = asdict(calib) | {"add_bos": bos_id is not None, "origin": source.origin}
-    return windows, info
+    """Seeded calibration windows (the scoring set) plus a description of them for the recipe."""
+    sets = calibration_sets(tokenizer, calib)
+    return sets.score, sets.info
+
+
+def resolve_estimator(config: PruneConfig, arch: ResolvedArch) -> str:
+    if config.estimator != AUTO:
+        return config.estimator
+    estimator = arch.spec.default_estimator
+    if config.preset == "paper" and estimator == "channel_mean":
+        return "channel_mean_windows"  # the official averaging of the same ratio
+    return estimator
 
 
 def apply_round(arch: ResolvedArch, kept: list[int], start: int, size: int, scale: float) -> None:
@@ -61,6 +68,11 @@ def _block_scale(stats: HiddenStats | None, start: int, size: int, num_layers: i
     return block_scale(stats, start, start + size, estimator), None
 
 
+def _announce(calib: CalibrationSets, progress: bool) -> None:
+    for line in calib.info.get("substitutions", []):
+        print(f"prunecomp: substituted calibration data (recorded in the recipe): {line}", file=sys.stderr)
+
+
 def _masked_scores(scores: torch.Tensor, num_layers: int, block: int, barrier: tuple[int, int]) -> torch.Tensor:
     """Scores with candidates inside the barrier set to +inf."""
     first, last = barrier
@@ -73,13 +85,45 @@ def _masked_scores(scores: torch.Tensor, num_layers: int, block: int, barrier: t
     return masked
 
 
-def _score_round(arch, metric: Metric, config: PruneConfig, windows, round_index: int, block: int, progress: bool,
-                 writer_scales: list[float] | None = None):
+@contextmanager
+def _float32_weights(model):
+    """Upcast float16/bfloat16 weights to float32 and back: lossless both ways when nothing is
+    changed in between, so gradients can be taken in float32 without a model copy."""
+    dtype = next(model.parameters()).dtype
+    if dtype == torch.float32:
+        yield
+        return
+    model.float()
+    try:
+        yield
+    finally:
+        model.to(dtype)
+
+
+def _scale_stats(arch, calib: CalibrationSets, block: int, config: PruneConfig, estimator: str, progress: bool,
+                 desc: str, score_stats: HiddenStats | None = None) -> HiddenStats | None:
+    """Statistics the compensation scale is estimated from (None when not compensating)."""
+    if not config.compensate:
+        return None
+    if score_stats is not None and calib.shared:
+        return score_stats
+    return capture_stats(arch, calib.scale, (block,), config.batch_size, progress, desc=desc,
+                         per_window=estimator in PER_WINDOW_ESTIMATORS)
+
+
+def _score_round(arch, metric: Metric, config: PruneConfig, calib: CalibrationSets, estimator: str, round_index: int,
+                 block: int, progress: bool, writer_scales: list[float] | None = None):
+    """Scores, barrier-masked scores, and the statistics for the scale, for one round."""
     stats = None
-    if metric.needs_stats or config.compensate:
-        stats = capture_stats(arch, windows, (block,), config.batch_size, progress, desc=f"round {round_index + 1}: stats")
-    ctx = ScoreContext(arch, windows, stats, block, config.batch_size, config.seed, round_index, progress, writer_scales)
-    scores = metric.score(ctx).double().cpu()
+    desc = f"round {round_index + 1}: stats"
+    if metric.needs_stats or (config.compensate and calib.shared):
+        stats = capture_stats(arch, calib.score, (block,), config.batch_size, progress, desc=desc,
+                              per_window=calib.shared and estimator in PER_WINDOW_ESTIMATORS)
+    ctx = ScoreContext(arch, calib.score, stats, block, config.batch_size, config.seed, round_index, progress,
+                       writer_scales if config.unfold_magnitude else None, norm_weights=config.norm_weights)
+    gradients = _float32_weights(arch.model) if config.float32_gradients and metric.name == "taylor" else nullcontext()
+    with gradients:
+        scores = metric.score(ctx).double().cpu()
     return scores, _masked_scores(scores, arch.num_layers(), block, config.barrier()), stats
 
 
@@ -108,15 +152,15 @@ def prune(
     model: torch.nn.Module,
     tokenizer,
     config: PruneConfig,
-    calibration: torch.Tensor | None = None,
+    calibration: torch.Tensor | CalibrationSets | None = None,
     *,
     source_model: str | None = None,
     progress: bool = False,
 ) -> PruneResult:
     """Remove `config.num_layers` decoder layers from `model` in place and return it with its recipe.
 
-    `calibration` is a LongTensor of token windows [n, seqlen]; when omitted, windows are drawn
-    from `config.calib` with the tokenizer.
+    `calibration` is a LongTensor of token windows [n, seqlen] (scoring and scale alike) or a
+    CalibrationSets; when omitted, windows are drawn from `config.calib` (and `config.score_calib`).
     """
     started = time.perf_counter()
     arch = resolve(model)
@@ -124,23 +168,26 @@ def prune(
     total = arch.num_layers()
     if config.num_layers >= total:
         raise ConfigError(f"cannot remove {config.num_layers} of {total} layers")
+    if config.remove is not None and max(config.remove) >= total:
+        raise ConfigError(f"remove: layer {max(config.remove)} does not exist; the model has layers 0..{total - 1}")
     if calibration is None:
-        calibration, calib_info = calibration_windows(tokenizer, config.calib)
-    else:
-        calib_info = {"source": "caller-provided windows", "num_windows": calibration.shape[0], "seqlen": calibration.shape[1]}
+        calibration = calibration_sets(tokenizer, config.calib, config.score_calib)
+    elif isinstance(calibration, torch.Tensor):
+        calibration = CalibrationSets.from_windows(calibration)
+    _announce(calibration, progress)
     params_before = arch.parameter_count()
-    estimator = arch.spec.default_estimator if config.estimator == AUTO else config.estimator
+    estimator = resolve_estimator(config, arch)
     recipe = Recipe(
         source_model=source_model or getattr(model.config, "_name_or_path", "") or type(model).__name__,
         model_type=model.config.model_type,
         num_layers_original=total,
-        metric=metric.name,
+        metric="explicit" if config.remove is not None else metric.name,
         num_layers_removed=config.num_layers,
         mode=config.mode,
         compensate=config.compensate,
         estimator=estimator,
         seed=config.seed,
-        calibration=calib_info,
+        calibration=calibration.info | _protocol(config),
         versions=library_versions(),
         created=now(),
     )
@@ -148,17 +195,26 @@ def prune(
     dense_stats = None
     k = config.num_layers
 
-    if config.mode == "block":  # CosSim(CL): one contiguous block of k layers, compensated together
-        scores, masked, dense_stats = _score_round(arch, metric, config, calibration, 0, k, progress)
+    if config.mode == "explicit":  # the given original indices; one scale per contiguous run
+        dense_stats = _scale_stats(arch, calibration, 1, config, estimator, progress, "scale stats")
+        no_scores = torch.full((total,), math.nan, dtype=torch.float64)
+        for start, size in reversed(_contiguous_runs(list(config.remove))):  # deepest first keeps indices valid
+            scale, note = _block_scale(dense_stats, start, size, total, config.compensate, estimator)
+            recipe.rounds.append(_round(list(range(start, start + size)), scale, note, [], no_scores[:0], no_scores[:0]))
+            apply_round(arch, kept, start, size, scale)
+    elif config.mode == "block":  # CosSim(CL): one contiguous block of k layers, compensated together
+        scores, masked, stats = _score_round(arch, metric, config, calibration, estimator, 0, k, progress)
         start = int(torch.argmin(masked))
+        dense_stats = _scale_stats(arch, calibration, k, config, estimator, progress, "scale stats", stats) or stats
         scale, note = _block_scale(dense_stats, start, k, total, config.compensate, estimator)
         recipe.rounds.append(_round(kept[start : start + k], scale, note, kept, masked, scores))
         apply_round(arch, kept, start, k, scale)
     elif config.mode == "one-shot":  # score once, remove the k lowest, one scale per contiguous run
-        scores, masked, dense_stats = _score_round(arch, metric, config, calibration, 0, 1, progress)
+        scores, masked, stats = _score_round(arch, metric, config, calibration, estimator, 0, 1, progress)
         chosen = torch.argsort(masked, stable=True)[:k].tolist()
         if any(math.isinf(masked[i]) for i in chosen):
             raise ConfigError(f"the barrier leaves fewer than {k} removable layers")
+        dense_stats = _scale_stats(arch, calibration, 1, config, estimator, progress, "scale stats", stats) or stats
         original_kept = list(kept)
         for start, size in reversed(_contiguous_runs(chosen)):  # deepest first keeps earlier indices valid
             scale, note = _block_scale(dense_stats, start, size, total, config.compensate, estimator)
@@ -167,15 +223,30 @@ def prune(
     else:  # iterative: re-score after every removal
         writer_scales = [1.0] * total  # compensation folded so far into each current layer's writers
         for round_index in tqdm(range(k), desc=f"pruning ({metric.name})", disable=not progress):
-            scores, masked, stats = _score_round(arch, metric, config, calibration, round_index, 1, progress, writer_scales)
-            dense_stats = dense_stats or stats
+            scores, masked, stats = _score_round(arch, metric, config, calibration, estimator, round_index, 1, progress,
+                                                 writer_scales)
             start = int(torch.argmin(masked))
-            scale, note = _block_scale(stats, start, 1, arch.num_layers(), config.compensate, estimator)
+            scale_stats = _scale_stats(arch, calibration, 1, config, estimator, progress,
+                                       f"round {round_index + 1}: scale stats", stats)
+            dense_stats = dense_stats or scale_stats or stats
+            scale, note = _block_scale(scale_stats, start, 1, arch.num_layers(), config.compensate, estimator)
             recipe.rounds.append(_round([kept[start]], scale, note, kept, masked, scores))
             apply_round(arch, kept, start, 1, scale)
             writer_scales = [w * scale for w in writer_scales[:start]] + writer_scales[start + 1 :]
 
     return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started)
+
+
+def _protocol(config: PruneConfig) -> dict:
+    """The scoring details a recipe records beside its calibration."""
+    details = {"preset": config.preset}
+    if config.metric in ("taylor", "mag"):
+        details["norm_weights"] = config.norm_weights
+    if config.metric == "mag":
+        details["magnitude"] = "unfolded (compensation divided out)" if config.unfold_magnitude else "raw |W| (official)"
+    if config.float32_gradients and config.metric == "taylor":
+        details["gradients"] = "float32"
+    return details
 
 
 def apply_recipe(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:

@@ -35,7 +35,48 @@ def test_named_dataset_from_the_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNECOMP_DATA", str(tmp_path))
     source = load_text("ptb")
     assert source.documents == ["a b c", "d e"] and source.joined() == "a b c\n\nd e"
-    assert "PRUNECOMP_DATA" in source.origin
+    assert source.origin == str((tmp_path / "ptb" / "ptb.test.txt").resolve())  # absolute: replayable from anywhere
+
+
+def test_a_relative_data_dir_is_resolved_to_an_absolute_path(tmp_path, monkeypatch):
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.test.txt").write_text("x\n")
+    monkeypatch.chdir(tmp_path.parent)
+    monkeypatch.setenv("PRUNECOMP_DATA", tmp_path.name)
+    assert load_text("ptb").origin == str((tmp_path / "ptb" / "ptb.test.txt").resolve())
+
+
+def test_calibration_defaults_to_the_train_split(tmp_path, monkeypatch):
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.test.txt").write_text("test text\n")
+    (tmp_path / "ptb" / "ptb.train.txt").write_text("train text\n")
+    monkeypatch.setenv("PRUNECOMP_DATA", str(tmp_path))
+    assert load_text("ptb").name == "ptb:test"  # evaluation's default
+    assert load_text("ptb", purpose="calibration").documents == ["train text"]
+
+
+def test_wikitext_rows_match_the_hub_dataset():
+    from prunecomp.calib.sources import wikitext_rows
+
+    raw = " \n = Title = \n \n Body text . \n"
+    rows = wikitext_rows(raw)
+    # the hub's rows: blank lines are empty strings, text lines keep their newline
+    assert rows == ["", " = Title = \n", "", " Body text . \n"]
+    assert "\n\n".join(rows) == "\n\n = Title = \n\n\n\n\n Body text . \n"
+
+
+def test_exact_splits_refuse_stand_ins_unless_substitution_is_allowed(tmp_path, monkeypatch):
+    from prunecomp.calib.sources import load_exact_text
+
+    (tmp_path / "wikitext2").mkdir()
+    (tmp_path / "wikitext2" / "wiki.valid.raw").write_text(" \n valid text \n")
+    monkeypatch.setenv("PRUNECOMP_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataSourceError, match="--allow-substitute"):
+        load_exact_text("wikitext2:train")
+    source = load_exact_text("wikitext2:train", allow_substitute=True)
+    assert source.name == "wikitext2:validation" and source.substitute_for == "wikitext2:train"
 
 
 def test_offline_hub_failure_is_one_clear_message(tmp_path, monkeypatch):

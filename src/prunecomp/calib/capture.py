@@ -25,6 +25,9 @@ class HiddenStats:
     cos_distance: dict[int, torch.Tensor]  # n -> [L + 1 - n]: E_t (1 - cos(h_l, h_{l+n}))
     num_tokens: int
     token_rms: torch.Tensor | None = None  # [L + 1], float64: E_t rms(h_l[t, :]), what the next norm divides by
+    # [windows, L + 1, hidden], float32: E_t |h_l[t, c]| per calibration window (only when asked for;
+    # the official scale averages per-window ratios)
+    window_channel_mean_abs: torch.Tensor | None = None
 
     @property
     def num_layers(self) -> int:
@@ -41,8 +44,10 @@ class HiddenStats:
 
 
 class _Accumulator:
-    def __init__(self, num_layers: int, block_sizes: tuple[int, ...]):
+    def __init__(self, num_layers: int, block_sizes: tuple[int, ...], per_window: bool = False):
         self.num_layers = num_layers
+        self.per_window = per_window
+        self.window_means: list[torch.Tensor] = []  # per batch: [batch, L + 1, hidden]
         self.block_sizes = tuple(sorted(set(block_sizes)))
         self.window = max(self.block_sizes, default=0)
         self.abs_sum: torch.Tensor | None = None
@@ -53,6 +58,11 @@ class _Accumulator:
 
     def begin_batch(self) -> None:
         self._recent.clear()
+        self._batch_means: dict[int, torch.Tensor] = {}
+
+    def end_batch(self) -> None:
+        if self.per_window and self._batch_means:
+            self.window_means.append(torch.stack([self._batch_means[l] for l in range(self.num_layers + 1)], dim=1))
 
     def observe(self, index: int, hidden: torch.Tensor) -> None:
         h = hidden.detach().float()
@@ -61,6 +71,8 @@ class _Accumulator:
             self.abs_sum = torch.zeros(self.num_layers + 1, h.shape[-1], dtype=torch.float64)
         self.abs_sum[index] += flat_abs
         self.rms_sum[index] += h.pow(2).mean(dim=-1).sqrt().sum(dtype=torch.float64).cpu()
+        if self.per_window:  # [batch, hidden]: mean over each window's tokens
+            self._batch_means[index] = h.abs().reshape(h.shape[0], -1, h.shape[-1]).mean(dim=1).cpu()
         if index == 0:
             self.tokens += h.numel() // h.shape[-1]
         for n in self.block_sizes:
@@ -79,6 +91,7 @@ class _Accumulator:
             cos_distance={n: s / self.tokens for n, s in self.cos_sum.items()},
             num_tokens=self.tokens,
             token_rms=self.rms_sum / self.tokens,
+            window_channel_mean_abs=torch.cat(self.window_means) if self.window_means else None,
         )
 
 
@@ -123,13 +136,18 @@ def capture_stats(
     batch_size: int = 1,
     progress: bool = False,
     desc: str = "calibration",
+    per_window: bool = False,
 ) -> HiddenStats:
-    """Run the base model (no LM head) over `windows` once and return HiddenStats."""
-    accumulator = _Accumulator(arch.num_layers(), block_sizes)
+    """Run the base model (no LM head) over `windows` once and return HiddenStats.
+
+    per_window: also keep each window's per-channel mean |h| at every boundary.
+    """
+    accumulator = _Accumulator(arch.num_layers(), block_sizes, per_window)
     base = arch.base_model()
     device = model_device(arch.model)
     with residual_hooks(arch, accumulator.observe):
         for batch in tqdm(list(batches(windows, batch_size)), desc=desc, disable=not progress, leave=False):
             accumulator.begin_batch()
             base(input_ids=batch.to(device), use_cache=False)
+            accumulator.end_batch()
     return accumulator.result()

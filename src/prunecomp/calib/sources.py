@@ -24,10 +24,17 @@ class DataSourceError(RuntimeError):
 @dataclass(frozen=True)
 class NamedDataset:
     name: str
-    default_split: str
+    default_split: str  # for evaluation; calibration defaults to CALIBRATION_SPLIT
     joiner: str  # how documents are joined before tokenising (the usual protocol per dataset)
     local: dict[str, tuple[str, ...]]  # split -> glob patterns relative to $PRUNECOMP_DATA
     hub: dict[str, tuple]  # split -> (load_dataset args, kwargs, text field)
+    # Local splits that only stand in for the hub split of the same name (other documents of the
+    # same corpus). A protocol that must be exact (the paper preset) does not use them.
+    stand_ins: frozenset[str] = frozenset()
+
+
+# Calibration never defaults to a split that evaluation scores.
+CALIBRATION_SPLIT = "train"
 
 
 NAMED: dict[str, NamedDataset] = {
@@ -35,7 +42,11 @@ NAMED: dict[str, NamedDataset] = {
         "wikitext2",
         "test",
         "\n\n",
-        {"test": ("wikitext2/wiki.test.raw",)},
+        {
+            "train": ("wikitext2/wiki.train.raw",),
+            "validation": ("wikitext2/wiki.valid.raw",),
+            "test": ("wikitext2/wiki.test.raw",),
+        },
         {
             split: (("wikitext", "wikitext-2-raw-v1"), {"split": split}, "text")
             for split in ("train", "validation", "test")
@@ -45,7 +56,7 @@ NAMED: dict[str, NamedDataset] = {
         "ptb",
         "test",
         "\n\n",
-        {"validation": ("ptb/ptb.valid.txt",), "test": ("ptb/ptb.test.txt",)},
+        {"train": ("ptb/ptb.train.txt",), "validation": ("ptb/ptb.valid.txt",), "test": ("ptb/ptb.test.txt",)},
         {
             "train": (("ptb_text_only", "penn_treebank"), {"split": "train"}, "sentence"),
             "validation": (("ptb_text_only", "penn_treebank"), {"split": "validation"}, "sentence"),
@@ -54,11 +65,17 @@ NAMED: dict[str, NamedDataset] = {
     ),
     # Local C4: the OLMo c4-sample documents stand in for train (calibration) and the Paloma
     # C4 validation subset for validation, so calibration and evaluation never share text.
+    # `1000docs` is the 1,000-document C4 sample those 30 documents were cut from (split unknown;
+    # about 34 documents are long enough for 2048-token crops): local only.
     "c4": NamedDataset(
         "c4",
         "validation",
         " ",
-        {"train": ("c4/c4-sample.*.json.gz",), "validation": ("c4/c4_100_domains_val*.jsonl.gz",)},
+        {
+            "train": ("c4/c4-sample.*.json.gz",),
+            "validation": ("c4/c4_100_domains_val*.jsonl.gz",),
+            "1000docs": ("c4/c4-en-1000docs.json.gz",),
+        },
         {
             "train": (
                 ("allenai/c4",),
@@ -71,6 +88,7 @@ NAMED: dict[str, NamedDataset] = {
                 "text",
             ),
         },
+        stand_ins=frozenset({"train", "validation"}),
     ),
 }
 ALIASES = {"wikitext": "wikitext2", "wikitext-2": "wikitext2", "wiki": "wikitext2", "penn": "ptb"}
@@ -85,14 +103,16 @@ class TextSource:
     documents: list[str]
     joiner: str
     origin: str  # where they came from, for reports
+    substitute_for: str | None = None  # the source spec this one stands in for, when substituted
 
     def joined(self) -> str:
         return self.joiner.join(self.documents)
 
 
 def data_dir() -> Path | None:
+    """$PRUNECOMP_DATA as an absolute path (a relative value is taken from the working folder)."""
     value = os.environ.get(DATA_ENV)
-    return Path(value) if value else None
+    return Path(value).expanduser().resolve() if value else None
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -143,7 +163,14 @@ def read_file(path: Path) -> TextSource:
     return TextSource(path.stem, docs, joiner, str(path))
 
 
-def _local_documents(dataset: NamedDataset, split: str, root: Path) -> list[str] | None:
+def wikitext_rows(raw: str) -> list[str]:
+    """The Hugging Face `wikitext` rows of a raw file: each line with its newline kept, and
+    whitespace-only lines (the raw files' " \\n" separators) as empty rows. Joined with "\\n\\n"
+    they give exactly the text the hub dataset gives."""
+    return [line if line.strip() else "" for line in raw.splitlines(keepends=True)]
+
+
+def _local_documents(dataset: NamedDataset, split: str, root: Path) -> tuple[list[str], list[Path]] | None:
     patterns = dataset.local.get(split)
     if not patterns:
         return None
@@ -153,13 +180,12 @@ def _local_documents(dataset: NamedDataset, split: str, root: Path) -> list[str]
     docs: list[str] = []
     for path in paths:
         if dataset.name == "wikitext2":
-            # Rows of the HF dataset are the raw file's lines with their newline kept.
-            docs.extend(path.read_text(encoding="utf-8").splitlines(keepends=True))
+            docs.extend(wikitext_rows(path.read_text(encoding="utf-8")))
         elif dataset.name == "ptb":
             docs.extend(line.strip() for line in _read_lines(path))
         else:
             docs.extend(_read_jsonl(path))
-    return docs
+    return docs, paths
 
 
 def _hub_documents(dataset: NamedDataset, split: str) -> list[str]:
@@ -184,23 +210,66 @@ def _hub_documents(dataset: NamedDataset, split: str) -> list[str]:
     return [str(x) for x in data[field]]
 
 
-def load_text(spec: str) -> TextSource:
-    """Resolve a source spec (dataset name[:split] or file path) to documents."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return read_file(path)
+# What a protocol that needs an exact split may use offline, when the user allows it.
+SUBSTITUTES = {
+    "wikitext2:train": "wikitext2:validation",
+    "c4:train": "c4:1000docs",
+    "c4:validation": "c4:validation",  # the local stand-in (Paloma's C4 validation documents)
+}
+
+
+def _split_spec(spec: str, purpose: str) -> tuple[NamedDataset, str] | None:
     name, _, split = spec.partition(":")
     name = ALIASES.get(name.lower(), name.lower())
     if name not in NAMED:
+        return None
+    dataset = NAMED[name]
+    default = CALIBRATION_SPLIT if purpose == "calibration" else dataset.default_split
+    return dataset, SPLIT_ALIASES.get(split, split) or default
+
+
+def load_text(spec: str, *, purpose: str = "evaluation", exact: bool = False) -> TextSource:
+    """Resolve a source spec (dataset name[:split] or file path) to documents.
+
+    A named dataset without a split gets the evaluation split (`purpose="evaluation"`) or the
+    train split (`purpose="calibration"`), so a calibration never silently reads the text that
+    `eval` scores. `exact=True` refuses local stand-in splits (see NamedDataset.stand_ins).
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return read_file(path)
+    resolved = _split_spec(spec, purpose)
+    if resolved is None:
         if path.suffix or os.sep in spec:
             raise DataSourceError(f"no such file: {spec}")
         raise DataSourceError(f"unknown text source {spec!r}; use one of {sorted(NAMED)} (optionally :split) or a file path")
-    dataset = NAMED[name]
-    split = SPLIT_ALIASES.get(split, split) or dataset.default_split
+    dataset, split = resolved
+    if split not in dataset.local and split not in dataset.hub:
+        raise DataSourceError(f"{dataset.name} has no split {split!r}; choose from {sorted(set(dataset.local) | set(dataset.hub))}")
     root = data_dir()
-    if root is not None:
-        docs = _local_documents(dataset, split, root)
-        if docs is not None:
-            return TextSource(f"{name}:{split}", docs, dataset.joiner, f"${DATA_ENV} ({root})")
+    if root is not None and not (exact and split in dataset.stand_ins):
+        local = _local_documents(dataset, split, root)
+        if local is not None:
+            docs, paths = local
+            return TextSource(f"{dataset.name}:{split}", docs, dataset.joiner, ", ".join(str(p) for p in paths))
     docs = _hub_documents(dataset, split)
-    return TextSource(f"{name}:{split}", docs, dataset.joiner, "huggingface hub")
+    return TextSource(f"{dataset.name}:{split}", docs, dataset.joiner, "huggingface hub")
+
+
+def load_exact_text(spec: str, *, purpose: str = "calibration", allow_substitute: bool = False) -> TextSource:
+    """The exact split a protocol names; offline, a documented substitute only when allowed."""
+    try:
+        return load_text(spec, purpose=purpose, exact=True)
+    except DataSourceError as exc:
+        resolved = _split_spec(spec, purpose)
+        key = f"{resolved[0].name}:{resolved[1]}" if resolved else spec
+        substitute = SUBSTITUTES.get(key)
+        if substitute is None:
+            raise
+        if not allow_substitute:
+            raise DataSourceError(
+                f"{key} is needed exactly and could not be loaded ({str(exc).splitlines()[0]}); pass --allow-substitute "
+                f"(API: allow_substitute=True) to use {substitute} from ${DATA_ENV} instead, recorded in the recipe"
+            ) from exc
+        source = load_text(substitute, purpose=purpose)
+        return TextSource(source.name, source.documents, source.joiner, source.origin, substitute_for=key)

@@ -24,6 +24,7 @@ class ScoreContext:
     # Product of the compensation scales folded so far into each current layer's residual writers.
     # Weight-based metrics divide it out so the fold (a reparameterisation) does not move scores.
     writer_scales: list[float] | None = None
+    norm_weights: bool = False  # Taylor+/Mag+ also score the layer's norm weights
 
     def writer_scale(self, index: int) -> float:
         return 1.0 if self.writer_scales is None else self.writer_scales[index]

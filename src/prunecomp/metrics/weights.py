@@ -9,8 +9,8 @@ from ..calib.capture import batches, model_device
 from .base import ScoreContext
 
 
-def _layer_matrices(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float]]:
-    """(weight, divisor) for every nn.Linear weight of a layer; norms are excluded.
+def _layer_linears(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float]]:
+    """(weight, divisor) for every nn.Linear weight of a layer.
 
     Residual writers carry the compensation scales folded into them so far; dividing by that
     product scores the layer as it was before the fold, so compensating an earlier cut does not
@@ -23,16 +23,51 @@ def _layer_matrices(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, f
     return [(m.weight, scale if id(m) in writers else 1.0) for m in layer.modules() if isinstance(m, nn.Linear)]
 
 
+def _layer_norms(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float, float]]:
+    """(weight, folded scale, offset) for every norm of a layer (input, post-attention, q/k norms).
+
+    A norm is any non-Linear module whose own weight is one vector. Only norm *writers* (Gemma's
+    post-norms) carry folded compensation; their effective weight is offset + w.
+    """
+    layer = ctx.arch.layers()[index]
+    writers = {id(m) for m in ctx.arch.layer_writers(index)[1]}
+    scale = ctx.writer_scale(index)
+    offset = ctx.arch.spec.norm_offset
+    norms = []
+    for module in layer.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Linear) or not isinstance(weight, nn.Parameter) or weight.dim() != 1:
+            continue
+        norms.append((weight, scale, offset) if id(module) in writers else (weight, 1.0, 0.0))
+    return norms
+
+
+def _layer_matrices(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float]]:
+    """(weight, divisor) for what Taylor+ scores: the Linear weights, plus the norm weights when
+    ctx.norm_weights (as the official Taylor+/Mag+ and Shortened LLaMA do)."""
+    entries = _layer_linears(ctx, index)
+    if ctx.norm_weights:
+        entries += [(weight, 1.0) for weight, _, _ in _layer_norms(ctx, index)]
+    return entries
+
+
+def _norm_magnitude(weight: torch.Tensor, scale: float, offset: float) -> float:
+    """sum |w| of a norm weight as it was before `scale` was folded into its (offset + w) form."""
+    w = weight.detach().double()
+    return float(((w + offset) / scale - offset).abs().sum())
+
+
 def magnitude(ctx: ScoreContext) -> torch.Tensor:
-    """Mag+: sum of |W| over every weight matrix of the layer (compensation divided out)."""
+    """Mag+: sum of |W| over every weight matrix of the layer (and its norm weights when
+    ctx.norm_weights); compensation folded into writers is divided out unless ctx.writer_scales is None."""
     with torch.no_grad():
-        return torch.tensor(
-            [
-                sum(float(w.detach().float().abs().sum()) / divisor for w, divisor in _layer_matrices(ctx, index))
-                for index in range(ctx.arch.num_layers())
-            ],
-            dtype=torch.float64,
-        )
+        scores = []
+        for index in range(ctx.arch.num_layers()):
+            total = sum(float(w.detach().float().abs().sum()) / divisor for w, divisor in _layer_linears(ctx, index))
+            if ctx.norm_weights:
+                total += sum(_norm_magnitude(w, scale, offset) for w, scale, offset in _layer_norms(ctx, index))
+            scores.append(total)
+        return torch.tensor(scores, dtype=torch.float64)
 
 
 def taylor(ctx: ScoreContext) -> torch.Tensor:
@@ -44,7 +79,7 @@ def taylor(ctx: ScoreContext) -> torch.Tensor:
     1/s (the stream it feeds is read through norms), so |W * dL/dW| is nearly unchanged.
     """
     model = ctx.arch.model
-    unscaled = ScoreContext(ctx.arch, ctx.windows, ctx.stats)
+    unscaled = ScoreContext(ctx.arch, ctx.windows, ctx.stats, norm_weights=ctx.norm_weights)
     matrices = [_layer_matrices(unscaled, index) for index in range(ctx.arch.num_layers())]
     tracked = {id(p) for group in matrices for p, _ in group}
     previous = {name: p.requires_grad for name, p in model.named_parameters()}
