@@ -1,0 +1,233 @@
+"""Decoder layers from where they live: already in memory, or read lazily from safetensors shards.
+
+For a checkpoint that does not fit, the model is built as a skeleton whose parameters sit on the
+`meta` device (no memory); the embedding, final norm and LM head are loaded for real, and each
+decoder layer is read from its shards with `safetensors.safe_open` only while it runs, with the
+compensation folded into it so far, then returned to `meta`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..arch import ResolvedArch, resolve
+from ..compensate import scale_linear_, scale_norm_
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_NAME = "model.safetensors"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+class SafetensorsCheckpoint:
+    """Tensor name -> shard file of a safetensors checkpoint folder; reads tensors on demand."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        index = self.folder / INDEX_NAME
+        if index.exists():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif (self.folder / SINGLE_NAME).exists():
+            from safetensors import safe_open
+
+            with safe_open(self.folder / SINGLE_NAME, framework="pt") as handle:
+                weight_map = {name: SINGLE_NAME for name in handle.keys()}
+        else:
+            raise CheckpointError(
+                f"{self.folder} has no safetensors weights ({INDEX_NAME} or {SINGLE_NAME}); the layer-wise engine "
+                "reads safetensors checkpoints; load other formats (e.g. GGUF) into memory with --engine memory"
+            )
+        self.weight_map: dict[str, str] = weight_map
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def read(self, names: list[str], device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        missing = [n for n in names if n not in self.weight_map]
+        if missing:
+            raise CheckpointError(f"checkpoint {self.folder} lacks {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.weight_map[name], []).append(name)
+        tensors = {}
+        for file, group in by_file.items():
+            with safe_open(self.folder / file, framework="pt", device="cpu") as handle:  # closed (unmapped) per read
+                for name in group:
+                    tensor = handle.get_tensor(name)
+                    if dtype is not None and tensor.is_floating_point():
+                        tensor = tensor.to(dtype)
+                    tensors[name] = tensor.to(device)
+        return tensors
+
+    def nbytes(self, names: list[str]) -> int:
+        from safetensors import safe_open
+
+        total = 0
+        by_file: dict[str, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self.weight_map[name], []).append(name)
+        for file, group in by_file.items():
+            with safe_open(self.folder / file, framework="pt", device="cpu") as handle:
+                for name in group:
+                    piece = handle.get_slice(name)
+                    count = 1
+                    for dim in piece.get_shape():
+                        count *= dim
+                    total += count * _DTYPE_BYTES.get(piece.get_dtype(), 4)
+        return total
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+@contextmanager
+def parameters_on_meta():
+    """Build modules whose parameters live on `meta` while buffers (rotary frequencies) stay real.
+
+    Parameters are created (uninitialised, so no pages are touched) and moved to meta as they are
+    registered, the way accelerate's init_empty_weights works; kept here so the core needs no accelerate.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module, name, param):
+        original(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def _set_tensor(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    path, _, leaf = name.rpartition(".")
+    module = root.get_submodule(path) if path else root
+    if leaf in module._parameters:
+        module._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+    else:
+        module._buffers[leaf] = tensor
+
+
+def load_skeleton(folder: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
+    """(model, checkpoint): a causal LM whose decoder layers stay on meta; everything else is loaded.
+
+    `dtype=None` keeps the checkpoint's dtype.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    checkpoint = SafetensorsCheckpoint(folder)
+    config = AutoConfig.from_pretrained(folder)
+    with parameters_on_meta():
+        model = AutoModelForCausalLM.from_config(config)
+    arch = resolve(model)
+    tied = arch.is_tied()
+    layer_prefix = arch.spec.layers + "."
+    names = [n for n, _ in model.named_parameters() if not n.startswith(layer_prefix)]
+    if tied:
+        output_name = next(n for n, p in model.named_parameters(remove_duplicate=False) if p is model.get_output_embeddings().weight
+                           and not n.startswith(arch.spec.embedding))
+        names = [n for n in names if n != output_name]
+    for name, tensor in checkpoint.read(names, device, dtype).items():
+        _set_tensor(model, name, tensor)
+    if tied:
+        model.get_output_embeddings().weight = arch.embedding().weight
+    model.eval()
+    return model, checkpoint
+
+
+class ResidentLayers:
+    """Layers of a model held in memory; the loop's own fold already edited their weights."""
+
+    lazy = False
+
+    def __init__(self, arch: ResolvedArch):
+        self.arch = arch
+
+    @contextmanager
+    def layer(self, index: int):
+        yield self.arch.layers()[index]
+
+    def after_round(self, start: int, size: int, scale: float) -> None:
+        pass
+
+    def layer_bytes(self) -> int:
+        return max(sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in self.arch.layers())
+
+
+class ShardLayers:
+    """Layers read from safetensors shards one at a time, onto `device`, folded like the in-memory model.
+
+    The skeleton's layers (on meta) follow the loop's removals, so `arch.layers()[i]` is still the
+    module of current layer i; the scales folded into each original layer are replayed on load, in
+    the same order and arithmetic as `fold_scale`, so the weights match the in-memory model's bitwise.
+    """
+
+    lazy = True
+
+    def __init__(self, arch: ResolvedArch, checkpoint: SafetensorsCheckpoint, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None):
+        self.arch = arch
+        self.checkpoint = checkpoint
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.kept = list(range(arch.num_layers()))  # original index of every current layer
+        self.folded: list[list[float]] = [[] for _ in self.kept]  # scales folded into each original layer's writers
+        self.loads = 0
+
+    def _names(self, original: int, module: nn.Module) -> dict[str, str]:
+        prefix = f"{self.arch.spec.layers}.{original}."
+        return {local: prefix + local for local in module.state_dict(keep_vars=True)}
+
+    @contextmanager
+    def layer(self, index: int):
+        module = self.arch.layers()[index]
+        original = self.kept[index]
+        names = self._names(original, module)
+        tensors = self.checkpoint.read(list(names.values()), self.device, self.dtype)
+        module.load_state_dict({local: tensors[full] for local, full in names.items()}, strict=True, assign=True)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        del tensors
+        linears, norms = self.arch.layer_writers(index)
+        for scale in self.folded[original]:
+            for linear in linears:
+                scale_linear_(linear, scale)
+            for norm in norms:
+                scale_norm_(norm, scale, self.arch.spec.norm_offset)
+        self.loads += 1
+        try:
+            yield module
+        finally:
+            module.to("meta")
+
+    def after_round(self, start: int, size: int, scale: float) -> None:
+        if scale != 1.0:
+            for original in self.kept[:start]:
+                self.folded[original].append(scale)
+        del self.kept[start : start + size]
+
+    def layer_bytes(self) -> int:
+        module = self.arch.layers()[0]
+        return self.checkpoint.nbytes(list(self._names(self.kept[0], module).values()))
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters and buffers that are really allocated (not on meta)."""
+    seen, total = set(), 0
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if tensor.device.type != "meta" and id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor.numel() * tensor.element_size()
+    return total
