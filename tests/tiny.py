@@ -68,11 +68,12 @@ CONFIGS = {
                                                num_hidden_layers=n, word_embed_proj_dim=32, do_layer_norm_before=False)),
     # deliberately not in the architecture table: exercises discovery
     "olmo": _rms("olmo"),
+    "helium": _rms("helium"),
 }
 ORIGINAL_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 ARCHS = ORIGINAL_ARCHS
 REFUSED_ARCHS = ("olmo2", "opt_post_ln")  # in the table, compensation refused
-DISCOVERY_ARCHS = ("olmo",)  # not in the table
+DISCOVERY_ARCHS = ("olmo", "helium")  # not in the table
 EXACT_ARCHS = tuple(a for a in CONFIGS if a not in REFUSED_ARCHS + DISCOVERY_ARCHS)
 EPS_ATTRIBUTES = ("eps", "variance_epsilon", "epsilon")
 

@@ -181,6 +181,12 @@ def discover(model: nn.Module) -> ResolvedArch:
     """A self-checked spec for an unknown model type, or UnsupportedArchitecture saying why not."""
     model_type = getattr(model.config, "model_type", type(model).__name__)
     candidates, unknown = candidate_specs(model)
+    probe = ResolvedArch(candidates[0], model)
+    if probe.is_tied() and not any(t.name.endswith("weight") for t in probe.final_norm_tensors()):
+        raise UnsupportedArchitecture(
+            f"model_type {model_type!r} is not in the architecture table, and its embeddings are tied while its final "
+            f"norm ({candidates[0].final_norm}) has no weight to absorb the inverse scale: no exact fold exists"
+        )
     ids = _probe_ids(model)
     was_training = model.training
     model.eval()
