@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from .arch import ResolvedArch
+from .arch import ResolvedArch, WriterTensor
 
 ESTIMATORS = ("channel_mean", "channel_mean_windows", "token_rms")
 # Estimators that need HiddenStats.window_channel_mean_abs
@@ -105,28 +105,47 @@ def scale_linear_(linear: nn.Module, factor: float) -> None:
         _scale_(linear.bias, factor)
 
 
+def fold_targets(arch: ResolvedArch, before: int) -> tuple[list[WriterTensor], list[WriterTensor]]:
+    """(tensors a fold before layer `before` multiplies by s, tensors it multiplies by 1/s).
+
+    The first list holds every residual writer up to that layer: the embedding and learned position
+    embeddings, then each layer's writers (linear weights and biases, fused expert parameters, norm
+    writers in their offset form), each tensor once. The second is the final norm when the
+    embeddings are tied (it absorbs 1/s instead of untying them), else empty.
+    """
+    seen: set[int] = set()
+    scaled: list[WriterTensor] = []
+    for entry in arch.input_writer_tensors() + [t for i in range(before) for t in arch.writer_tensors(i)]:
+        if id(entry.tensor) not in seen:
+            seen.add(id(entry.tensor))
+            scaled.append(entry)
+    inverse = arch.final_norm_tensors() if arch.is_tied() else []
+    return scaled, inverse
+
+
 @torch.no_grad()
-def fold_scale(arch: ResolvedArch, before: int, scale: float) -> None:
+def fold_tensors_(tensors: list[WriterTensor], factor: float) -> None:
+    for entry in tensors:
+        _scale_(entry.tensor, factor, entry.offset)
+
+
+@torch.no_grad()
+def fold_scale(arch: ResolvedArch, before: int, scale: float, *, require_exact: bool = True) -> None:
     """Multiply every residual writer before decoder layer `before` by `scale`.
 
     Afterwards the residual stream h_l for l <= before is exactly `scale` times what it was,
     and the earlier sublayers (which read it through scale-invariant norms) compute the
     same outputs. With tied embeddings the final norm absorbs 1/scale so the logits are
-    unchanged; the embeddings are not untied.
+    unchanged; the embeddings are not untied. Families whose fold is not exact (the spec says
+    why) raise InexactFold before any weight changes, unless `require_exact=False`.
     """
     check_scale(scale)
     if not 0 <= before <= arch.num_layers():
         raise IndexError(f"layer {before} out of range for {arch.num_layers()} layers")
     if scale == 1.0:
         return
-    offset = arch.spec.norm_offset
-    embedding = arch.embedding()
-    _scale_(embedding.weight, scale)
-    for index in range(before):
-        linears, norms = arch.layer_writers(index)
-        for linear in linears:
-            scale_linear_(linear, scale)
-        for norm in norms:
-            scale_norm_(norm, scale, offset)
-    if arch.is_tied():
-        scale_norm_(arch.final_norm(), 1.0 / scale, offset)
+    if require_exact:
+        arch.require_exact_fold()
+    scaled, inverse = fold_targets(arch, before)
+    fold_tensors_(scaled, scale)
+    fold_tensors_(inverse, 1.0 / scale)
