@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .compensate import AUTO, ESTIMATORS
+from .engine.memory import parse_memory
+from .engine.session import ENGINES
 from .metrics import get_metric
 
 
@@ -101,6 +103,11 @@ class PruneConfig:
     # upcast and downcast around the gradient pass).
     float32_gradients: bool = False
     preset: str | None = None
+    # How statistics and the PPL metric are computed (prunecomp.engine): "layerwise" caches the
+    # residual stream at every layer boundary and re-runs only the layers after each cut ("auto"
+    # picks it); "memory" runs the whole model per pass. Same recipes either way.
+    engine: str = "auto"
+    max_memory: str | None = None  # e.g. "2GB": what the layer-wise engine may hold; the rest goes to disk
 
     def __post_init__(self):
         if self.remove is not None:
@@ -117,6 +124,12 @@ class PruneConfig:
             raise ConfigError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         if self.num_layers < 1:
             raise ConfigError("num_layers must be at least 1")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
+        try:
+            parse_memory(self.max_memory)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
         if self.estimator not in (AUTO, *ESTIMATORS):

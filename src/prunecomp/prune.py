@@ -12,10 +12,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .arch import ResolvedArch, resolve
-from .calib.capture import HiddenStats, capture_stats
+from .calib.capture import HiddenStats
 from .calib.sets import CalibrationSets, calibration_sets
 from .compensate import AUTO, PER_WINDOW_ESTIMATORS, block_scale, fold_scale
 from .config import CalibConfig, ConfigError, PruneConfig
+from .engine.session import EngineSession
 from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
 from .surgery import remove_layers
@@ -100,27 +101,26 @@ def _float32_weights(model):
         model.to(dtype)
 
 
-def _scale_stats(arch, calib: CalibrationSets, block: int, config: PruneConfig, estimator: str, progress: bool,
-                 desc: str, score_stats: HiddenStats | None = None) -> HiddenStats | None:
+def _scale_stats(session: EngineSession, calib: CalibrationSets, block: int, config: PruneConfig, estimator: str,
+                 progress: bool, desc: str, score_stats: HiddenStats | None = None) -> HiddenStats | None:
     """Statistics the compensation scale is estimated from (None when not compensating)."""
     if not config.compensate:
         return None
     if score_stats is not None and calib.shared:
         return score_stats
-    return capture_stats(arch, calib.scale, (block,), config.batch_size, progress, desc=desc,
-                         per_window=estimator in PER_WINDOW_ESTIMATORS)
+    return session.stats(calib.scale, (block,), desc=desc, per_window=estimator in PER_WINDOW_ESTIMATORS)
 
 
-def _score_round(arch, metric: Metric, config: PruneConfig, calib: CalibrationSets, estimator: str, round_index: int,
-                 block: int, progress: bool, writer_scales: list[float] | None = None):
+def _score_round(session: EngineSession, metric: Metric, config: PruneConfig, calib: CalibrationSets, estimator: str,
+                 round_index: int, block: int, progress: bool, writer_scales: list[float] | None = None):
     """Scores, barrier-masked scores, and the statistics for the scale, for one round."""
+    arch = session.arch
     stats = None
     desc = f"round {round_index + 1}: stats"
     if metric.needs_stats or (config.compensate and calib.shared):
-        stats = capture_stats(arch, calib.score, (block,), config.batch_size, progress, desc=desc,
-                              per_window=calib.shared and estimator in PER_WINDOW_ESTIMATORS)
+        stats = session.stats(calib.score, (block,), desc=desc, per_window=calib.shared and estimator in PER_WINDOW_ESTIMATORS)
     ctx = ScoreContext(arch, calib.score, stats, block, config.batch_size, config.seed, round_index, progress,
-                       writer_scales if config.unfold_magnitude else None, norm_weights=config.norm_weights)
+                       writer_scales if config.unfold_magnitude else None, norm_weights=config.norm_weights, engine=session)
     gradients = _float32_weights(arch.model) if config.float32_gradients and metric.name == "taylor" else nullcontext()
     with gradients:
         scores = metric.score(ctx).double().cpu()
@@ -192,49 +192,65 @@ def prune(
         created=now(),
     )
     kept = list(range(total))
+    session = EngineSession(arch, config.engine, config.batch_size, progress, config.max_memory, metric.name)
+    try:
+        dense_stats = _run_rounds(session, metric, config, calibration, estimator, recipe, kept, progress)
+    finally:
+        session.close()
+    return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started)
+
+
+def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, calibration: CalibrationSets, estimator: str,
+                recipe: Recipe, kept: list[int], progress: bool) -> HiddenStats | None:
+    """The rounds of one run; returns the dense model's statistics when they were gathered."""
+    arch = session.arch
+    total = arch.num_layers()
     dense_stats = None
     k = config.num_layers
 
+    def cut(start: int, size: int, scale: float) -> None:
+        apply_round(arch, kept, start, size, scale)
+        session.after_round(start, size, scale)  # the engine's cached states follow the model
+
     if config.mode == "explicit":  # the given original indices; one scale per contiguous run
-        dense_stats = _scale_stats(arch, calibration, 1, config, estimator, progress, "scale stats")
+        dense_stats = _scale_stats(session, calibration, 1, config, estimator, progress, "scale stats")
         no_scores = torch.full((total,), math.nan, dtype=torch.float64)
         for start, size in reversed(_contiguous_runs(list(config.remove))):  # deepest first keeps indices valid
             scale, note = _block_scale(dense_stats, start, size, total, config.compensate, estimator)
             recipe.rounds.append(_round(list(range(start, start + size)), scale, note, [], no_scores[:0], no_scores[:0]))
-            apply_round(arch, kept, start, size, scale)
+            cut(start, size, scale)
     elif config.mode == "block":  # CosSim(CL): one contiguous block of k layers, compensated together
-        scores, masked, stats = _score_round(arch, metric, config, calibration, estimator, 0, k, progress)
+        scores, masked, stats = _score_round(session, metric, config, calibration, estimator, 0, k, progress)
         start = int(torch.argmin(masked))
-        dense_stats = _scale_stats(arch, calibration, k, config, estimator, progress, "scale stats", stats) or stats
+        dense_stats = _scale_stats(session, calibration, k, config, estimator, progress, "scale stats", stats) or stats
         scale, note = _block_scale(dense_stats, start, k, total, config.compensate, estimator)
         recipe.rounds.append(_round(kept[start : start + k], scale, note, kept, masked, scores))
-        apply_round(arch, kept, start, k, scale)
+        cut(start, k, scale)
     elif config.mode == "one-shot":  # score once, remove the k lowest, one scale per contiguous run
-        scores, masked, stats = _score_round(arch, metric, config, calibration, estimator, 0, 1, progress)
+        scores, masked, stats = _score_round(session, metric, config, calibration, estimator, 0, 1, progress)
         chosen = torch.argsort(masked, stable=True)[:k].tolist()
         if any(math.isinf(masked[i]) for i in chosen):
             raise ConfigError(f"the barrier leaves fewer than {k} removable layers")
-        dense_stats = _scale_stats(arch, calibration, 1, config, estimator, progress, "scale stats", stats) or stats
+        dense_stats = _scale_stats(session, calibration, 1, config, estimator, progress, "scale stats", stats) or stats
         original_kept = list(kept)
         for start, size in reversed(_contiguous_runs(chosen)):  # deepest first keeps earlier indices valid
             scale, note = _block_scale(dense_stats, start, size, total, config.compensate, estimator)
             recipe.rounds.append(_round(original_kept[start : start + size], scale, note, original_kept, masked, scores))
-            apply_round(arch, kept, start, size, scale)
+            cut(start, size, scale)
     else:  # iterative: re-score after every removal
         writer_scales = [1.0] * total  # compensation folded so far into each current layer's writers
         for round_index in tqdm(range(k), desc=f"pruning ({metric.name})", disable=not progress):
-            scores, masked, stats = _score_round(arch, metric, config, calibration, estimator, round_index, 1, progress,
+            scores, masked, stats = _score_round(session, metric, config, calibration, estimator, round_index, 1, progress,
                                                  writer_scales)
             start = int(torch.argmin(masked))
-            scale_stats = _scale_stats(arch, calibration, 1, config, estimator, progress,
+            scale_stats = _scale_stats(session, calibration, 1, config, estimator, progress,
                                        f"round {round_index + 1}: scale stats", stats)
             dense_stats = dense_stats or scale_stats or stats
             scale, note = _block_scale(scale_stats, start, 1, arch.num_layers(), config.compensate, estimator)
             recipe.rounds.append(_round([kept[start]], scale, note, kept, masked, scores))
-            apply_round(arch, kept, start, 1, scale)
+            cut(start, 1, scale)
             writer_scales = [w * scale for w in writer_scales[:start]] + writer_scales[start + 1 :]
-
-    return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started)
+    return dense_stats
 
 
 def _protocol(config: PruneConfig) -> dict:

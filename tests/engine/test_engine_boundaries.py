@@ -91,6 +91,8 @@ def test_spilled_boundaries_give_the_same_stats(tmp_path):
     torch.testing.assert_close(on_disk.skip_losses(), in_memory.skip_losses())
     assert store.spilled_writes > 0
     on_disk.close()
+    assert not any(f for d in tmp_path.iterdir() for f in d.iterdir())  # the engine's files are gone
+    store.close()
     assert not any(tmp_path.iterdir())
 
 

@@ -73,7 +73,7 @@ class BoundaryEngine:
         self.runner = LayerRunner()
         self.kept = list(range(arch.num_layers()))  # original index of every current layer
         self._inputs: dict[tuple[int, ...], LayerInputs] = {}  # per batch shape, captured on the dense model
-        self._keys: list[int] = []  # store key of every computed boundary, in order
+        self._keys: list[tuple[int, int]] = []  # store key of every computed boundary, in order
         self._multiplier: list[float] = []  # current h_l = multiplier[l] * stored h_l
         self._abs_sum: list[torch.Tensor] = []  # float64 [hidden] per boundary
         self._rms_sum: list[torch.Tensor] = []  # float64 scalar per boundary
@@ -83,9 +83,9 @@ class BoundaryEngine:
         self._embed()
 
     # ------------------------------------------------------------------ boundary bookkeeping
-    def _new_key(self) -> int:
+    def _new_key(self) -> tuple[int, int]:
         self._next_key += 1
-        return self._next_key
+        return (id(self), self._next_key)  # engines may share one store
 
     def _inputs_for(self, batch: torch.Tensor) -> LayerInputs:
         return self._inputs[tuple(batch.shape)]
@@ -141,7 +141,7 @@ class BoundaryEngine:
         total = self.arch.num_layers()
         todo = range(self.num_computed, total + 1)
         for boundary in tqdm(todo, desc=self.desc, disable=not self.progress or not todo, leave=False):
-            previous = self.store.get(self._keys[boundary - 1])
+            previous = self.store.get(self._keys[boundary - 1], self.device)
             outputs = []
             cos = torch.zeros((), dtype=torch.float64)
             with self.layers.layer(boundary - 1) as layer:
@@ -159,7 +159,7 @@ class BoundaryEngine:
         for start in range(self.num_computed - n):
             if (n, start) in self._cos_sum:
                 continue
-            first, last = self.store.get(self._keys[start]), self.store.get(self._keys[start + n])
+            first, last = self.store.get(self._keys[start], self.device), self.store.get(self._keys[start + n], self.device)
             total = torch.zeros((), dtype=torch.float64)
             for b in range(len(self.batches)):
                 a = self._state(start, b, first).float()
@@ -196,14 +196,14 @@ class BoundaryEngine:
         """
         self.refresh()
         total = self.arch.num_layers()
-        chain_keys: dict[int, int] = {}
+        chain_keys: dict[int, tuple[int, int]] = {}
         for j in tqdm(range(1, total), desc="PPL metric (cached boundaries)", disable=not self.progress, leave=False):
             with self.layers.layer(j) as layer:
                 for candidate in range(j):
                     if candidate in chain_keys:
-                        source, multiplier = self.store.get(chain_keys[candidate]), 1.0
+                        source, multiplier = self.store.get(chain_keys[candidate], self.device), 1.0
                     else:  # candidate j-1 starts at h_{j-1}, the input of the skipped layer
-                        source, multiplier = self.store.get(self._keys[candidate]), self._multiplier[candidate]
+                        source, multiplier = self.store.get(self._keys[candidate], self.device), self._multiplier[candidate]
                     outputs = [
                         self._run(layer, j, source[b] if multiplier == 1.0 else source[b] * multiplier, batch)
                         for b, batch in enumerate(self.batches)
@@ -215,9 +215,9 @@ class BoundaryEngine:
         losses = []
         for candidate in range(total):
             if candidate in chain_keys:
-                finals, multiplier = self.store.get(chain_keys[candidate]), 1.0
+                finals, multiplier = self.store.get(chain_keys[candidate], self.device), 1.0
             else:  # skipping the last layer: the head reads h_{L-1}
-                finals, multiplier = self.store.get(self._keys[candidate]), self._multiplier[candidate]
+                finals, multiplier = self.store.get(self._keys[candidate], self.device), self._multiplier[candidate]
             losses.append(self._mean_nll([f if multiplier == 1.0 else f * multiplier for f in finals]))
         for key in chain_keys.values():
             self.store.drop(key)
@@ -237,8 +237,10 @@ class BoundaryEngine:
             self.cost.head_tokens += batch.numel()
         return total_nll / count
 
-    def after_round(self, start: int, size: int, scale: float) -> None:
-        """The loop folded `scale` before layer `start` and removed layers start..start+size-1."""
+    def after_round(self, start: int, size: int, scale: float, update_layers: bool = True) -> None:
+        """The loop folded `scale` before layer `start` and removed layers start..start+size-1.
+
+        `update_layers=False` when several engines share one layer source (it is updated once)."""
         for boundary in range(min(start + 1, self.num_computed)):  # h_0..h_start are now scale * h
             self._multiplier[boundary] *= scale
             self._abs_sum[boundary] = self._abs_sum[boundary] * scale
@@ -250,7 +252,10 @@ class BoundaryEngine:
             del series[start + 1 :]
         self._cos_sum = {(n, s): v for (n, s), v in self._cos_sum.items() if s + n <= start}
         del self.kept[start : start + size]
-        self.layers.after_round(start, size, scale)
+        if update_layers:
+            self.layers.after_round(start, size, scale)
 
     def close(self) -> None:
-        self.store.close()
+        for key in self._keys:
+            self.store.drop(key)
+        self._keys.clear()

@@ -144,6 +144,7 @@ def load_skeleton(folder: str | Path, device: torch.device | str = "cpu", dtype:
     if tied:
         model.get_output_embeddings().weight = arch.embedding().weight
     model.eval()
+    model.prunecomp_checkpoint = checkpoint  # how the engine finds the layers' weights
     return model, checkpoint
 
 

@@ -94,8 +94,9 @@ class BoundaryStore:
     private temporary folder that `close()` (or garbage collection of the store) removes.
     """
 
-    def __init__(self, capacity: int | None = None, spill_dir: str | Path | None = None):
+    def __init__(self, capacity: int | None = None, spill_dir: str | Path | None = None, home: str | torch.device | None = None):
         self.capacity = capacity
+        self.home = None if home is None else torch.device(home)  # where in-memory entries live (None: as given)
         self._memory: dict[object, list[torch.Tensor]] = {}
         self._disk: dict[object, Path] = {}
         self._bytes = 0
@@ -112,6 +113,8 @@ class BoundaryStore:
 
     def put(self, key, tensors: list[torch.Tensor]) -> None:
         self.drop(key)
+        if self.home is not None:
+            tensors = [t.to(self.home) for t in tensors]
         size = tensor_bytes(tensors)
         if self.capacity is None or self._bytes + size <= self.capacity:
             self._memory[key] = tensors

@@ -25,6 +25,9 @@ class ScoreContext:
     # Weight-based metrics divide it out so the fold (a reparameterisation) does not move scores.
     writer_scales: list[float] | None = None
     norm_weights: bool = False  # Taylor+/Mag+ also score the layer's norm weights
+    # The loop's execution engine (prunecomp.engine.session.EngineSession): metrics that can reuse
+    # its cached boundary states ask it first (it answers None when it has none).
+    engine: object | None = None
 
     def writer_scale(self, index: int) -> float:
         return 1.0 if self.writer_scales is None else self.writer_scales[index]

@@ -14,8 +14,13 @@ def skip_loss(ctx: ScoreContext) -> torch.Tensor:
     """PPL: mean calibration NLL of the model with layer l skipped, for each l.
 
     The layer whose absence hurts least (lowest loss) is removed first. Costs one pass over
-    the calibration windows per candidate layer.
+    the calibration windows per candidate layer; the layer-wise engine gets the same losses from
+    its cached boundaries at half that (layers l+1..L-1 only, from h_l).
     """
+    if ctx.engine is not None:
+        cached = ctx.engine.skip_losses(ctx.windows)
+        if cached is not None:
+            return cached
     losses = []
     for index in tqdm(range(ctx.arch.num_layers()), desc="PPL metric", disable=not ctx.progress, leave=False):
         with skipped(ctx.arch, index):

@@ -1,0 +1,77 @@
+"""The loop gives identical recipes on every engine: same removed layers, scales within 1e-4
+relative, for every metric, iterative and one-shot, with shared and separate scale windows."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from prunecomp.calib.sets import CalibrationSets
+from prunecomp.config import ConfigError, PruneConfig
+from prunecomp.engine import load_skeleton
+from prunecomp.engine.session import EngineError
+from prunecomp.prune import prune
+from tiny import random_windows, tiny_model
+
+METRICS = ("bi", "cl", "ppl", "mag", "taylor", "reverse", "random")
+LAZY_METRICS = ("bi", "cl", "ppl", "reverse", "random")  # those that do not read all weights at once
+
+
+def assert_same_recipe(fast, slow):
+    assert [r.removed for r in fast.rounds] == [r.removed for r in slow.rounds]
+    for a, b in zip(fast.rounds, slow.rounds):
+        assert a.scale == pytest.approx(b.scale, rel=1e-4)
+        assert a.scale_note == b.scale_note
+        for x, y in zip(a.scores, b.scores):
+            assert (x is None and y is None) or x == pytest.approx(y, rel=1e-4, abs=1e-7)
+
+
+def run(model, engine, calibration, **settings):
+    """Prune a copy of `model` (a skeleton is pruned as it is: it holds no layer weights)."""
+    lazy = engine == "skeleton"
+    config = PruneConfig(engine="layerwise" if lazy else engine, batch_size=2, protect_first=0, protect_last=0, **settings)
+    return prune(model if lazy else copy.deepcopy(model), None, config, calibration).recipe
+
+
+@pytest.mark.parametrize("iterative", [True, False], ids=["iterative", "one-shot"])
+@pytest.mark.parametrize("metric", METRICS)
+def test_layerwise_engine_gives_the_memory_engines_recipe(metric, iterative):
+    model = tiny_model("llama", layers=7)
+    windows = random_windows(4, 16)
+    settings = dict(metric=metric, num_layers=3, iterative=iterative)
+    assert_same_recipe(run(model, "layerwise", windows, **settings), run(model, "memory", windows, **settings))
+
+
+@pytest.mark.parametrize("arch_name", ["qwen2", "gemma3"])
+@pytest.mark.parametrize("metric", ["bi", "ppl"])
+def test_separate_scale_windows_and_per_window_estimator(arch_name, metric):
+    model = tiny_model(arch_name, layers=6)
+    sets = CalibrationSets.from_windows(random_windows(3, 16, seed=1), random_windows(5, 16, seed=2))
+    settings = dict(metric=metric, num_layers=2, estimator="channel_mean_windows")
+    assert_same_recipe(run(model, "auto", sets, **settings), run(model, "memory", sets, **settings))
+
+
+@pytest.mark.parametrize("iterative", [True, False], ids=["iterative", "one-shot"])
+@pytest.mark.parametrize("metric", LAZY_METRICS)
+def test_skeleton_from_shards_gives_the_in_memory_recipe(metric, iterative, tmp_path):
+    model = tiny_model("qwen3", layers=6, tied=False)
+    model.save_pretrained(tmp_path, max_shard_size="60KB")
+    skeleton, _ = load_skeleton(tmp_path)
+    windows = random_windows(3, 16)
+    settings = dict(metric=metric, num_layers=2, iterative=iterative, max_memory="50MB")
+    assert_same_recipe(run(skeleton, "skeleton", windows, **settings), run(model, "memory", windows, **settings))
+
+
+def test_weight_metrics_on_a_skeleton_say_what_to_do(tmp_path):
+    tiny_model("llama", layers=4).save_pretrained(tmp_path)
+    skeleton, _ = load_skeleton(tmp_path)
+    with pytest.raises(EngineError, match="--engine memory"):
+        prune(skeleton, None, PruneConfig(metric="taylor", num_layers=1), random_windows(2, 8))
+
+
+def test_engine_settings_are_validated():
+    with pytest.raises(ConfigError, match="engine"):
+        PruneConfig(engine="warp")
+    with pytest.raises(ConfigError, match="2GB"):
+        PruneConfig(max_memory="two gigs")
