@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..arch import ResolvedArch, resolve
-from ..compensate import scale_linear_, scale_norm_
+from ..compensate import fold_tensors_
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -201,12 +201,9 @@ class ShardLayers:
         for p in module.parameters():
             p.requires_grad_(False)
         del tensors
-        linears, norms = self.arch.layer_writers(index)
-        for scale in self.folded[original]:
-            for linear in linears:
-                scale_linear_(linear, scale)
-            for norm in norms:
-                scale_norm_(norm, scale, self.arch.spec.norm_offset)
+        writers = list({id(w.tensor): w for w in self.arch.writer_tensors(index)}.values())
+        for scale in self.folded[original]:  # one fold_scale at a time, as the in-memory model had them
+            fold_tensors_(writers, scale)
         self.loads += 1
         try:
             yield module
