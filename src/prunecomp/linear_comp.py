@@ -114,6 +114,11 @@ class CutMap:
     def num_values(self) -> int:
         return sum(d.numel() for d in self.deltas)
 
+    def describe(self) -> dict:
+        """What a recipe records about the map (the values themselves go to MAPS_FILENAME)."""
+        return {"layer": self.layer, "kind": self.kind, "writers": list(self.writer_names), "values": self.num_values(),
+                "ridge": self.ridge, "holdout_gain": self.holdout_gain}
+
 
 # ---------------------------------------------------------------------------------------------
 # capture
@@ -434,9 +439,7 @@ class CompRound:
         data = {"removed": self.removed, "start": self.start, "scale": self.scale,
                 "candidates": self.candidates, "scores": self.scores}
         if self.map is not None:
-            data["map"] = {"layer": self.map.layer, "kind": self.map.kind, "writers": self.map.writer_names,
-                           "values": self.map.num_values(), "ridge": self.map.ridge,
-                           "holdout_gain": self.map.holdout_gain}
+            data["map"] = self.map.describe() | self.map.info
         return data
 
 
@@ -471,10 +474,16 @@ def compensate_cut(arch: ResolvedArch, windows: torch.Tensor, stats, start: int,
     Nothing is folded; `apply_comp_round` does that. A cut at layer 0 gets no map.
     """
     scale = cut_scale(arch, stats, start, size, method, estimator)
+    return scale, fit_round(arch, windows, start, size, scale, method, batch_size)
+
+
+def fit_round(arch: ResolvedArch, windows: torch.Tensor, start: int, size: int, scale: float, method: CompMethod,
+              batch_size: int = 1) -> CutMap | None:
+    """The map for removing current layers start..start+size-1 after folding `scale` before them
+    (None when the method has no linear part, or the cut is at layer 0 with no earlier layer)."""
     if not method.linear or start == 0:
-        return scale, None
-    capture = capture_cut(arch, windows, start, size, method, batch_size)
-    return scale, fit_cut(capture, scale, method, start - 1)
+        return None
+    return fit_cut(capture_cut(arch, windows, start, size, method, batch_size), scale, method, start - 1)
 
 
 def apply_comp_round(arch: ResolvedArch, kept: list[int], start: int, size: int, scale: float,
@@ -506,11 +515,11 @@ def calibration_loss(model: nn.Module, windows: torch.Tensor, batch_size: int = 
     return window_nll(model, windows, batch_size).mean
 
 
-def compensated_choice(model: nn.Module, windows: torch.Tensor, stats, masked: torch.Tensor, method: CompMethod,
-                       estimator: str, top: int, batch_size: int = 1) -> tuple[int, dict[int, float]]:
+def compensated_choice(model: nn.Module, windows: torch.Tensor, masked: torch.Tensor, method: CompMethod,
+                       scale_for, top: int, batch_size: int = 1) -> tuple[int, dict[int, float]]:
     """`--select compensated`: among the metric's `top` best candidates, the one whose removal
     *with its compensation* leaves the lowest calibration loss (one fit pass and one loss pass
-    per candidate, on a copy of the model)."""
+    per candidate, on a copy of the model). `scale_for(start)` gives the scalar of that cut."""
     import copy
 
     from .arch import resolve
@@ -520,7 +529,8 @@ def compensated_choice(model: nn.Module, windows: torch.Tensor, stats, masked: t
     for start in order:
         trial = copy.deepcopy(model)
         arch = resolve(trial)
-        scale, cut = compensate_cut(arch, windows, stats, start, 1, method, estimator, batch_size)
+        scale = scale_for(start)
+        cut = fit_round(arch, windows, start, 1, scale, method, batch_size)
         apply_comp_round(arch, list(range(arch.num_layers())), start, 1, scale, cut)
         losses[start] = calibration_loss(trial, windows, batch_size)
         del trial
@@ -554,7 +564,9 @@ def prune_with_comp(model: nn.Module, config, windows: torch.Tensor, method: Com
         scores = metric.score(ctx).double().cpu()
         masked = _mask(scores, arch.num_layers(), config.barrier())
         if select == "compensated":
-            start, _ = compensated_choice(model, windows, stats, masked, method, estimator, select_top, config.batch_size)
+            start, _ = compensated_choice(model, windows, masked, method,
+                                          lambda i: cut_scale(arch, stats, i, 1, method, estimator), select_top,
+                                          config.batch_size)
         else:
             start = int(torch.argmin(masked))
         scale, cut = compensate_cut(arch, windows, stats, start, 1, method, estimator, config.batch_size)
