@@ -40,7 +40,7 @@ CONFIGS = {
     "smollm3": _rms("smollm3", no_rope_layer_interval=3, use_sliding_window=True, sliding_window=8),
     "glm4": _rms("glm4"),
     "starcoder2": lambda n, eps: ("starcoder2", dict(COMMON, num_hidden_layers=n, norm_epsilon=eps, use_bias=True)),
-    "stablelm": lambda n, eps: ("stablelm", dict(COMMON, num_hidden_layers=n, layer_norm_eps=eps, qk_layernorm=True)),
+    "stablelm": lambda n, eps: ("stablelm", dict(COMMON, num_hidden_layers=n, layer_norm_eps=eps)),
     "stablelm_parallel": lambda n, eps: ("stablelm", dict(COMMON, num_hidden_layers=n, layer_norm_eps=eps,
                                                           use_parallel_residual=True)),
     "phi": lambda n, eps: ("phi", dict(NEOX, num_hidden_layers=n, layer_norm_eps=eps)),
