@@ -51,3 +51,25 @@ def test_layerwise_stats_and_skip_losses_match_in_memory(sharded):
         torch.testing.assert_close(lazy.skip_losses(), resident.skip_losses(), rtol=0, atol=0)
     assert lazy.layers.loads > 0
     assert all(p.device.type == "meta" for p in lazy_arch.layers().parameters())  # released after use
+
+
+def test_saved_layerwise_checkpoint_equals_the_in_memory_pruned_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from prunecomp.config import PruneConfig
+    from prunecomp.engine.layerwise import save_layerwise
+    from prunecomp.prune import apply_recipe, prune
+
+    source = tmp_path / "source"
+    tiny_model("llama", layers=6, tied=True).save_pretrained(source, max_shard_size="60KB")
+    skeleton, _ = load_skeleton(source)
+    windows = random_windows(3, 16)
+    recipe = prune(skeleton, None, PruneConfig(metric="bi", num_layers=2, engine="layerwise"), windows).recipe
+    saved = save_layerwise(skeleton, None, recipe, tmp_path / "out")
+    reloaded = AutoModelForCausalLM.from_pretrained(saved).eval()
+    expected = apply_recipe(AutoModelForCausalLM.from_pretrained(source).eval(), recipe)
+    assert reloaded.config.num_hidden_layers == 4
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    ids = random_windows(1, 12)
+    torch.testing.assert_close(reloaded(ids).logits, expected(ids).logits, rtol=0, atol=0)

@@ -229,3 +229,143 @@ def resident_bytes(model: nn.Module) -> int:
             seen.add(id(tensor))
             total += tensor.numel() * tensor.element_size()
     return total
+
+
+# ---------------------------------------------------------------------------- command-line support
+def checkpoint_folder(name: str) -> Path | None:
+    """The local safetensors folder behind a model name (a folder, or a hub id already downloaded),
+    or None when the model is not a safetensors checkpoint (GGUF, pickle-only, not available)."""
+    from ..io import resolve_source
+
+    source = resolve_source(name)
+    if source.gguf_file:
+        return None
+    folder = source.local_dir
+    if folder is None:
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(source.path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        except Exception:
+            return None
+    if not ((folder / INDEX_NAME).exists() or (folder / SINGLE_NAME).exists()):
+        return None
+    return folder
+
+
+def wants_lazy_load(name: str, engine: str, max_memory: int | None) -> bool:
+    """engine layerwise: read layers from disk whenever the model is a safetensors checkpoint;
+    engine auto: only when its weights exceed --max-memory."""
+    if engine == "memory":
+        return False
+    folder = checkpoint_folder(name)
+    if folder is None:
+        return False
+    if engine == "layerwise":
+        return True
+    if max_memory is None:
+        return False
+    checkpoint = SafetensorsCheckpoint(folder)
+    return checkpoint.nbytes(list(checkpoint.weight_map)) > max_memory
+
+
+def open_layerwise(name: str, dtype: str | None = None, device: str | None = None):
+    """(skeleton, tokenizer, source) for a safetensors checkpoint: the layers stay on disk."""
+    from transformers import AutoTokenizer
+
+    from ..io import DTYPES, resolve_source
+
+    source = resolve_source(name)
+    folder = checkpoint_folder(name)
+    if folder is None:
+        raise CheckpointError(f"{name!r} is not a safetensors checkpoint; the layer-wise engine reads layers from "
+                              "safetensors shards (a GGUF file is dequantised into memory: use --engine memory)")
+    model, _ = load_skeleton(folder, device or "cpu", DTYPES[dtype] if dtype else None)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer, source
+
+
+def _replayed_layers(arch: ResolvedArch, checkpoint: SafetensorsCheckpoint, recipe) -> ShardLayers:
+    """A ShardLayers whose kept layers and folded scales follow the recipe, as apply_recipe would."""
+    layers = ShardLayers(arch, checkpoint, "cpu")
+    layers.kept = list(range(recipe.num_layers_original))  # the skeleton is already pruned; replay from the start
+    layers.folded = [[] for _ in layers.kept]
+    for step in recipe.rounds:
+        positions = [layers.kept.index(i) for i in step.removed]
+        layers.after_round(positions[0], len(positions), step.scale)
+    if len(layers.kept) != arch.num_layers():
+        raise CheckpointError("the recipe does not match this skeleton's layers")
+    return layers
+
+
+def save_layerwise(model, tokenizer, recipe, out, *, source=None, overwrite: bool = False,
+                   params_before: int | None = None, params_after: int | None = None) -> Path:
+    """Write a pruned skeleton as a standard sharded safetensors checkpoint, one layer at a time.
+
+    Embedding, final norm and head come from the skeleton (the loop folded them); each kept layer is
+    read from the source shards with its folded scales, renumbered, and written to its own shard.
+    Written to a hidden sibling folder and renamed into place, like io.save_pruned.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    from ..io import check_output_dir, model_card
+    from ..locking import release_output_lock
+    from ..recipe import RECIPE_FILENAME
+
+    arch = resolve(model)
+    layers = _replayed_layers(arch, model.prunecomp_checkpoint, recipe)
+    out = check_output_dir(out, source, overwrite)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        try:
+            prefix = arch.spec.layers + "."
+            tied_names = set()
+            if arch.is_tied():
+                output = model.get_output_embeddings().weight
+                tied_names = {n for n, p in model.named_parameters(remove_duplicate=False)
+                              if p is output and not n.startswith(arch.spec.embedding)}
+            rest = {n: t.detach().contiguous() for n, t in model.state_dict().items()
+                    if not n.startswith(prefix) and n not in tied_names and t.device.type != "meta"}
+            count = arch.num_layers() + 1
+            weight_map = {}
+            files = [(f"model-00001-of-{count:05d}.safetensors", rest)]
+            save_file(rest, str(staging / files[0][0]), metadata={"format": "pt"})
+            weight_map |= {n: files[0][0] for n in rest}
+            for index in range(arch.num_layers()):
+                file = f"model-{index + 2:05d}-of-{count:05d}.safetensors"
+                with layers.layer(index) as module:
+                    tensors = {f"{prefix}{index}.{k}": v.detach().contiguous() for k, v in module.state_dict().items()}
+                save_file(tensors, str(staging / file), metadata={"format": "pt"})
+                weight_map |= {n: file for n in tensors}
+                del tensors
+            (staging / INDEX_NAME).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+            model.config.save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
+            recipe.save(staging / RECIPE_FILENAME)
+            (staging / "README.md").write_text(model_card(recipe, params_before, params_after), encoding="utf-8")
+            os.chmod(staging, 0o777 & ~_umask())
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        release_output_lock(out)
+    return out
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
