@@ -69,7 +69,8 @@ def _prune_config(args, metric: str | None = None, iterative: bool | None = None
 
     remove = _csv_ints(getattr(args, "remove", None))
     if getattr(args, "preset", None) == "paper":
-        overrides = dict(batch_size=args.batch_size)
+        overrides = dict(batch_size=args.batch_size, engine=getattr(args, "engine", "auto"),
+                         max_memory=getattr(args, "max_memory", None))
         if iterative is not None or getattr(args, "one_shot", False):
             overrides["iterative"] = bool(iterative) if iterative is not None else False
         if compensate is not None or getattr(args, "no_comp", False):
@@ -94,6 +95,8 @@ def _prune_config(args, metric: str | None = None, iterative: bool | None = None
         protect_last=getattr(args, "protect_last", None),
         batch_size=args.batch_size,
         estimator=getattr(args, "estimator", "auto"),
+        engine=getattr(args, "engine", "auto"),
+        max_memory=getattr(args, "max_memory", None),
         calib=calib_config(args),
     )
 
@@ -131,12 +134,17 @@ def cmd_prune(args) -> int:
 
         source_for_check = resolve_source(args.model)
         check_output_dir(args.out, source_for_check, args.overwrite)
-    model, tokenizer, source = load_model(args.model, args.dtype, args.device)
+    from .engine.layerwise import open_layerwise, save_layerwise, wants_lazy_load
+    from .engine.memory import parse_memory
+
+    lazy = wants_lazy_load(args.model, config.engine, parse_memory(config.max_memory))  # layers stay on disk
+    model, tokenizer, source = (open_layerwise if lazy else load_model)(args.model, args.dtype, args.device)
     result = prune(model, tokenizer, config, source_model=source.name, progress=not args.quiet)
     out = None
     if args.out:
-        out = save_pruned(model, tokenizer, result.recipe, args.out, source=source, overwrite=args.overwrite,
-                          params_before=result.params_before, params_after=result.params_after)
+        save = save_layerwise if lazy else save_pruned
+        out = save(model, tokenizer, result.recipe, args.out, source=source, overwrite=args.overwrite,
+                   params_before=result.params_before, params_after=result.params_after)
     print(_summary(result, out, time.perf_counter() - started))
     return 0
 
@@ -210,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "channel_mean for Llama-style, token_rms for Gemma-2/3; channel_mean_windows under --preset paper)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--engine", default="auto", choices=["auto", "memory", "layerwise"],
+                   help="layerwise: cached boundary states, one decoder layer at a time, only the layers after a cut "
+                        "re-run; a safetensors checkpoint is then read layer by layer from disk (auto: the same, reading "
+                        "from disk only when the weights exceed --max-memory); memory: whole-model passes")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory the layer-wise engine may hold, e.g. 2GB or 500MB; boundary activations beyond it go to disk")
     _add_calib_options(p)
     _add_model_options(p)
     p.set_defaults(func=cmd_prune)

@@ -42,3 +42,34 @@ def test_bos_windows_and_caps(wikitext_dir):
     assert bos and windows.shape == (3, 32) and bool((windows[:, 0] == tok.bos_token_id).all())
     all_windows, _, _ = eval_windows(tok, "wikitext2", seqlen=32, add_bos=False)
     assert all_windows.shape[0] == len(tok("\n\n".join(SAMPLE_TEXT.splitlines(True)), add_special_tokens=False)["input_ids"]) // 32
+
+
+def test_paper_protocol_windows(tmp_path, monkeypatch):
+    import gzip
+    import json
+
+    from calib.test_paper_protocol import bos_tokenizer
+    from prunecomp.calib import DataSourceError
+    from prunecomp.eval.ppl import paper_eval_windows
+
+    (tmp_path / "wikitext2").mkdir()
+    (tmp_path / "wikitext2" / "wiki.test.raw").write_text(" \n = A = \n \n" + " some words here . \n" * 30)
+    (tmp_path / "ptb").mkdir()
+    (tmp_path / "ptb" / "ptb.valid.txt").write_text(" valid line \n" * 30)
+    (tmp_path / "ptb" / "ptb.test.txt").write_text(" test line \n" * 30)
+    (tmp_path / "c4").mkdir()
+    with gzip.open(tmp_path / "c4" / "c4_100_domains_val_x.jsonl.gz", "wt") as handle:
+        handle.write(json.dumps({"text": "a long web page " * 20}) + "\n" + json.dumps({"text": "short"}) + "\n")
+    monkeypatch.setenv("PRUNECOMP_DATA", str(tmp_path))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = bos_tokenizer()
+    windows, source, _ = paper_eval_windows(tok, "wikitext2", seqlen=32)
+    assert windows[0, 0].item() == tok.bos_token_id and (windows == tok.bos_token_id).sum().item() == 1
+    assert windows[0, 1:5].tolist() == tok("\n\n =", add_special_tokens=False)["input_ids"]  # the empty first row, joined
+    _, ptb, _ = paper_eval_windows(tok, "ptb", seqlen=32)
+    assert ptb.name == "ptb:validation"
+    with pytest.raises(DataSourceError, match="--allow-substitute"):  # GPTQ's C4 shard is not here
+        paper_eval_windows(tok, "c4", seqlen=32)
+    crops, c4, _ = paper_eval_windows(tok, "c4", seqlen=32, max_windows=5, allow_substitute=True)
+    assert crops.shape == (5, 32) and c4.substitute_for == "c4:validation"

@@ -154,7 +154,7 @@ def test_removed_layers_and_ablation_tables(results):
     for m in results["methods"]:
         assert _row(removed, m["name"])
     row = _row(removed, "BI+Prune&Comp")
-    assert row[4] == "2, 5" and row[5] == "1.2346, 0.9877"
+    assert row[5] == "2, 5" and row[6] == "1.2346, 0.9877"
 
     ablation = report.ablation_table(results)
     for setting, name in results["ablation"]["rows"].items():

@@ -17,6 +17,14 @@ def _add_eval_options(parser, default_seqlen: int) -> None:
     parser.add_argument("--tasks", default="", help="lm-eval tasks, comma-separated, e.g. arc_easy,boolq,copa,piqa,mmlu; "
                         "'paper' = the paper's nine QA tasks")
     parser.add_argument("--limit", type=int, default=None, help="lm-eval examples per task (per subject for MMLU)")
+    parser.add_argument("--eval-protocol", default="default", choices=["default", "paper", "both"],
+                        help="perplexity protocol: default (prunecomp's: WikiText-2/PTB test, local C4 validation) or paper "
+                             "(the official code's: one BOS per stream, PTB validation, GPTQ's C4 crops; exact splits, "
+                             "local stand-ins only with --allow-substitute)")
+
+
+def _protocols(value: str) -> tuple[str, ...]:
+    return ("default", "paper") if value == "both" else (value,)
 
 
 def _tasks(value: str) -> tuple[str, ...]:
@@ -40,11 +48,14 @@ def cmd_eval(args) -> int:
     else:  # vLLM loads the checkpoint itself
         model, tokenizer = None, None
     report: dict = {"model": args.model, "ppl": {}, "harness": None}
-    for dataset in _csv(args.ppl):
-        result = evaluate_perplexity(model, tokenizer, dataset, args.eval_seqlen, args.max_windows, args.batch_size,
-                                     progress=not args.quiet)
-        report["ppl"][dataset] = result.to_dict()
-        print(f"{dataset:>10}  ppl {result.perplexity:10.3f}   ({result.protocol()}; {result.origin})")
+    from .compare import ppl_key
+
+    for protocol in _protocols(args.eval_protocol):
+        for dataset in _csv(args.ppl):
+            result = evaluate_perplexity(model, tokenizer, dataset, args.eval_seqlen, args.max_windows, args.batch_size,
+                                         progress=not args.quiet, protocol=protocol, allow_substitute=args.allow_substitute)
+            report["ppl"][ppl_key(dataset, protocol)] = result.to_dict()
+            print(f"{dataset:>10}  ppl {result.perplexity:10.3f}   ({result.protocol()}; {result.origin})")
     if tasks:
         pretrained = args.model if args.backend == "vllm" else None
         harness = run_harness(None if args.backend == "vllm" else model, tokenizer, list(tasks), limit=args.limit,
@@ -79,9 +90,11 @@ def cmd_compare(args) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         estimator=args.estimator,
-        calib=calib_config(args),
+        calib=calib_config(args, paper_defaults=args.preset == "paper"),
+        preset=args.preset,
         evaluation=EvalSettings(ppl_datasets=_csv(args.ppl), seqlen=args.eval_seqlen, max_windows=args.max_windows,
-                                tasks=_tasks(args.tasks), limit=args.limit, batch_size=args.batch_size),
+                                tasks=_tasks(args.tasks), limit=args.limit, batch_size=args.batch_size,
+                                protocols=_protocols(args.eval_protocol), allow_substitute=args.allow_substitute),
     )
     model, tokenizer, source = load_model(args.model, args.dtype, args.device)
     results = run_compare(model, tokenizer, source.name, config, args.out, progress=not args.quiet)
@@ -96,6 +109,8 @@ def add_subcommands(sub, add_model_options, add_calib_options, _prune_config) ->
     _add_eval_options(e, default_seqlen=2048)
     e.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="lm-eval backend; vllm loads the saved checkpoint (GPU)")
     e.add_argument("--batch-size", type=int, default=1)
+    e.add_argument("--allow-substitute", action="store_true",
+                   help="paper protocol offline: score local stand-ins for missing exact splits (printed with each number)")
     e.add_argument("--dense-results", default=None, help="JSON from `prunecomp eval --json` of the dense model, for RP (%%)")
     e.add_argument("--json", default=None, help="write the report as JSON here")
     e.add_argument("--quiet", action="store_true")
@@ -108,7 +123,7 @@ def add_subcommands(sub, add_model_options, add_calib_options, _prune_config) ->
     c.add_argument("--layers", type=int, required=True, help="layers to remove (k)")
     c.add_argument("--ablation", default="bi", help="metric for the one-shot/iterative/compensation ablation ('' to skip)")
     c.add_argument("--out", required=True, help="output folder (results.json, results.md, PNGs, cache/)")
-    c.add_argument("--estimator", default="auto", choices=["auto", "channel_mean", "token_rms"])
+    c.add_argument("--estimator", default="auto", choices=["auto", "channel_mean", "channel_mean_windows", "token_rms"])
     c.add_argument("--quiet", action="store_true")
     _add_eval_options(c, default_seqlen=512)
     add_calib_options(c)

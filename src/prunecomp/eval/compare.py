@@ -33,6 +33,9 @@ COMP = "+Prune&Comp"
 @dataclass(frozen=True)
 class EvalSettings:
     ppl_datasets: tuple[str, ...] = ("wikitext2", "c4", "ptb")
+    # Perplexity protocols to report: "default" (keys "wikitext2", ...) and/or "paper" ("wikitext2@paper", ...)
+    protocols: tuple[str, ...] = ("default",)
+    allow_substitute: bool = False
     seqlen: int = 2048
     max_windows: int | None = None
     tasks: tuple[str, ...] = ()  # lm-eval QA tasks; "mmlu" may be included
@@ -47,6 +50,7 @@ class Method:
     metric: str | None
     iterative: bool = True
     compensate: bool = True
+    role: str = ""  # the row's place in the paper's grid
 
     @property
     def key(self) -> str:
@@ -63,22 +67,41 @@ class CompareConfig:
     evaluation: EvalSettings = field(default_factory=EvalSettings)
     batch_size: int = 1
     estimator: str = "auto"
+    # "paper": every method runs PruneConfig.paper (the official protocol's data and details),
+    # shrunk to `calib`'s window count and seqlen when those differ from the paper's.
+    preset: str | None = None
+
+
+# The paper's grid per metric: its "baseline" is the one-shot ranking without compensation, its
+# "+Prune&Comp" is iterative with compensation; the other two rows are the ablations.
+GRID = (
+    (False, False, "baseline (paper): one-shot, no compensation"),
+    (True, False, "ablation: iterative only"),
+    (False, True, "ablation: compensation only (one-shot)"),
+    (True, True, "Prune&Comp (paper): iterative + compensation"),
+)
 
 
 def method_name(metric: str, iterative: bool, compensate: bool) -> str:
-    name = DISPLAY.get(metric, metric) + (COMP if compensate else "")
-    if not iterative and not get_metric(metric).contiguous_block:
-        name += " (one-shot)"
-    return name
+    display = DISPLAY.get(metric, metric)
+    if get_metric(metric).contiguous_block:  # one block: no one-shot/iterative distinction
+        return display + (COMP if compensate else " (baseline)")
+    if compensate:
+        return display + (COMP if iterative else " one-shot+comp")
+    return display + (" iterative" if iterative else " (baseline)")
 
 
 def plan_methods(config: CompareConfig) -> tuple[list[Method], dict | None]:
-    """Dense, then baseline and +Prune&Comp per metric, then the extra one-shot ablation rows."""
-    methods = [Method("Dense", None)]
+    """Dense, then the paper's 2x2 grid per metric (one row pair for the block metric CL)."""
+    methods = [Method("Dense", None, role="dense")]
     for metric in config.metrics:
         metric = get_metric(metric).name
-        for compensate in (False, True):
-            methods.append(Method(method_name(metric, True, compensate), metric, True, compensate))
+        for iterative, compensate, role in GRID:
+            if get_metric(metric).contiguous_block:
+                if not iterative:
+                    continue
+                role = "Prune&Comp (paper)" if compensate else "baseline (paper)"
+            methods.append(Method(method_name(metric, iterative, compensate), metric, iterative, compensate, role))
     ablation = None
     if config.ablation_metric:
         metric = get_metric(config.ablation_metric).name
@@ -95,8 +118,11 @@ def plan_methods(config: CompareConfig) -> tuple[list[Method], dict | None]:
 
 
 def _fingerprint(model_name: str, config: CompareConfig) -> str:
-    data = json.dumps({"model": model_name, "k": config.num_layers, "seed": config.seed, "estimator": config.estimator,
-                       "calib": asdict(config.calib)}, sort_keys=True)
+    data = {"model": model_name, "k": config.num_layers, "seed": config.seed, "estimator": config.estimator,
+            "calib": asdict(config.calib)}
+    if config.preset:
+        data["preset"] = config.preset
+    data = json.dumps(data, sort_keys=True)
     return hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
@@ -106,10 +132,12 @@ def _magnitude_profile(model, windows) -> list[float]:
 
 def _evaluate(model, tokenizer, settings: EvalSettings, magnitude_windows, progress: bool) -> dict:
     result: dict = {"ppl": {}, "qa": None, "mmlu": None}
-    for dataset in settings.ppl_datasets:
-        ppl = evaluate_perplexity(model, tokenizer, dataset, settings.seqlen, settings.max_windows,
-                                  settings.batch_size, progress=progress)
-        result["ppl"][dataset] = ppl.to_dict()
+    for protocol in settings.protocols:
+        for dataset in settings.ppl_datasets:
+            ppl = evaluate_perplexity(model, tokenizer, dataset, settings.seqlen, settings.max_windows,
+                                      settings.batch_size, progress=progress, protocol=protocol,
+                                      allow_substitute=settings.allow_substitute)
+            result["ppl"][ppl_key(dataset, protocol)] = ppl.to_dict()
     if settings.tasks:
         from .harness import run_harness
 
@@ -124,6 +152,21 @@ def _evaluate(model, tokenizer, settings: EvalSettings, magnitude_windows, progr
             result["mmlu"] = {"acc": harness.mmlu.acc, "n": harness.mmlu.n, "num_fewshot": harness.mmlu.num_fewshot}
     result["magnitude"] = _magnitude_profile(model, magnitude_windows)
     return result
+
+
+def ppl_key(dataset: str, protocol: str) -> str:
+    return dataset if protocol == "default" else f"{dataset}@{protocol}"
+
+
+def _prune_config(config: CompareConfig, method: Method) -> PruneConfig:
+    common = dict(iterative=method.iterative, compensate=method.compensate, batch_size=config.batch_size)
+    if config.preset == "paper":
+        if config.estimator != "auto":
+            common["estimator"] = config.estimator
+        paper = PruneConfig.paper(method.metric, config.num_layers, allow_substitute=config.calib.allow_substitute, **common)
+        return paper.with_calibration_size(config.calib.num_windows, config.calib.scale_windows, config.calib.seqlen)
+    return PruneConfig(metric=method.metric, num_layers=config.num_layers, seed=config.seed, estimator=config.estimator,
+                       calib=config.calib, **common)
 
 
 def _write_json(path: Path, data) -> None:
@@ -168,15 +211,18 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
                 recipe = Recipe.load(recipe_path)
                 apply_recipe(candidate, recipe)
             else:
-                prune_config = PruneConfig(metric=method.metric, num_layers=config.num_layers, iterative=method.iterative,
-                                           compensate=method.compensate, seed=config.seed, batch_size=config.batch_size,
-                                           estimator=config.estimator, calib=config.calib)
-                recipe = prune(candidate, tokenizer, prune_config, windows, source_model=model_name, progress=progress).recipe
-                recipe.calibration = calib_info
+                prune_config = _prune_config(config, method)
+                # The paper preset draws each metric's own data (scale windows, Taylor+ crops, SLEB rows).
+                calibration = None if config.preset else windows
+                recipe = prune(candidate, tokenizer, prune_config, calibration, source_model=model_name, progress=progress).recipe
+                if calibration is not None:
+                    recipe.calibration = calib_info | {k: v for k, v in recipe.calibration.items() if k not in calib_info
+                                                       and k not in ("source", "num_windows", "seqlen")}
                 recipe.save(recipe_path)
         prune_seconds = time.perf_counter() - started
         entry = {
             "name": method.name,
+            "role": method.role,
             "metric": method.metric,
             "mode": recipe.mode if recipe else None,
             "compensate": method.compensate if method.metric else None,
@@ -204,6 +250,7 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
             "evaluation": asdict(settings),
             "metrics": list(config.metrics),
             "estimator": config.estimator,
+            "preset": config.preset,
             "seed": config.seed,
         },
         "methods": rows,

@@ -135,19 +135,41 @@ def _ppl(method: Method, dataset: str) -> float | None:
     return _num(entry)
 
 
-def _ppl_datasets(results: Results) -> list[str]:
-    """Datasets with a perplexity in any method: WikiText-2, C4, PTB first, then others as seen."""
+def _protocol_of(key: str) -> str:
+    """Perplexity keys are "dataset" (default protocol) or "dataset@protocol"."""
+    return key.partition("@")[2] or "default"
+
+
+def _ppl_protocols(results: Results) -> list[str]:
+    seen: list[str] = []
+    for m in _methods(results):
+        for key in m.get("ppl") or {}:
+            if _protocol_of(key) not in seen:
+                seen.append(_protocol_of(key))
+    return sorted(seen, key=lambda p: p != "default")
+
+
+def _ppl_datasets(results: Results, protocol: str | None = None) -> list[str]:
+    """Datasets with a perplexity in any method under `protocol` (default: the first reported):
+    WikiText-2, C4, PTB first, then others as seen."""
+    protocols = _ppl_protocols(results)
+    protocol = protocol or (protocols[0] if protocols else "default")
     seen: list[str] = []
     for m in _methods(results):
         for name in m.get("ppl") or {}:
-            if name not in seen:
+            if name not in seen and _protocol_of(name) == protocol:
                 seen.append(name)
+    if protocol != "default":  # order by the base dataset name
+        base = {d.partition("@")[0]: d for d in seen}
+        known = [base[d] for d in PPL_DATASETS if d in base]
+        return known + [d for d in seen if d not in known]
     known = [d for d in PPL_DATASETS if d in seen]
     return known + [d for d in seen if d not in PPL_DATASETS]
 
 
 def _dataset_label(name: str) -> str:
-    return PPL_DATASETS.get(name, name)
+    base, _, protocol = name.partition("@")
+    return PPL_DATASETS.get(base, base) if protocol else PPL_DATASETS.get(name, name)
 
 
 def _ppl_avg(method: Method, datasets: Sequence[str]) -> float | None:
@@ -170,8 +192,12 @@ def _ppl_protocol(results: Results, datasets: Sequence[str]) -> str:
             for key, src in (("seqlen", "seqlen"), ("windows", "num_windows"), ("tokens", "num_tokens")):
                 if entry.get(src) is not None and str(entry[src]) not in fields[key]:
                     fields[key].append(str(entry[src]))
+            if entry.get("substitute_for"):
+                fields.setdefault("substitute for", [])
+                if entry["substitute_for"] not in fields["substitute for"]:
+                    fields["substitute for"].append(entry["substitute_for"])
             if "bos" in entry:
-                bos = "yes" if entry["bos"] else "no"
+                bos = entry["bos"] if isinstance(entry["bos"], str) else ("yes" if entry["bos"] else "no")
                 if bos not in fields["BOS"]:
                     fields["BOS"].append(bos)
         described = ", ".join(f"{k} {'/'.join(v)}" for k, v in fields.items() if v)
@@ -234,19 +260,24 @@ def _pct(value: float | None) -> str:
 def ppl_table(results: Results) -> str:
     """Perplexity per method (rows) and dataset (WikiText-2, C4, PTB, ... then "Avg"); "" if none.
 
-    Values have 2 decimals; "Avg" is the mean over the table's datasets and is "—" for a method
-    missing any of them. A footnote gives the evaluation protocol read from the entries.
+    One table per evaluation protocol. Values have 2 decimals; "Avg" is the mean over the table's
+    datasets and is "—" for a method missing any of them. A footnote gives the protocol's details.
     """
-    datasets = _ppl_datasets(results)
-    if not datasets:
-        return ""
-    header = ["Method", *(_dataset_label(d) for d in datasets), "Avg"]
-    rows = [
-        [m["name"], *(_fmt(_ppl(m, d)) for d in datasets), _fmt(_ppl_avg(m, datasets))]
-        for m in _methods(results)
-    ]
-    note = f"_Perplexity (lower is better). Protocol: {_ppl_protocol(results, datasets)}._"
-    return _md_table(header, rows) + "\n\n" + note
+    protocols = _ppl_protocols(results)
+    tables = []
+    for protocol in protocols:
+        datasets = _ppl_datasets(results, protocol)
+        if not datasets:
+            continue
+        header = ["Method", *(_dataset_label(d) for d in datasets), "Avg"]
+        rows = [
+            [m["name"], *(_fmt(_ppl(m, d)) for d in datasets), _fmt(_ppl_avg(m, datasets))]
+            for m in _methods(results)
+        ]
+        title = f"**{protocol} evaluation protocol**\n\n" if len(protocols) > 1 else ""
+        note = f"_Perplexity (lower is better), {protocol} protocol: {_ppl_protocol(results, datasets)}._"
+        tables.append(title + _md_table(header, rows) + "\n\n" + note)
+    return "\n\n".join(tables)
 
 
 def qa_table(results: Results) -> str:
@@ -287,7 +318,7 @@ def qa_table(results: Results) -> str:
 
 def removed_layers_table(results: Results) -> str:
     """Per method: metric, mode, compensation, removed original layer indices and scales (4 decimals)."""
-    header = ["Method", "Metric", "Mode", "Comp.", "Removed layers", "Scales", "Params", "Time (s)"]
+    header = ["Method", "Role", "Metric", "Mode", "Comp.", "Removed layers", "Scales", "Params", "Time (s)"]
     rows = []
     for m in _methods(results):
         removed = m.get("removed") or []
@@ -297,6 +328,7 @@ def removed_layers_table(results: Results) -> str:
         rows.append(
             [
                 m["name"],
+                m.get("role") or DASH,
                 m.get("metric") or DASH,
                 m.get("mode") or DASH,
                 DASH if comp is None else ("yes" if comp else "no"),
@@ -306,7 +338,7 @@ def removed_layers_table(results: Results) -> str:
                 _fmt(m.get("seconds"), 1),
             ]
         )
-    align = ["l", "l", "l", "l", "l", "l", "r", "r"]
+    align = ["l", "l", "l", "l", "l", "l", "l", "r", "r"]
     return _md_table(header, rows, align)
 
 
@@ -609,11 +641,13 @@ def plot_magnitude_depth(results: Results, path: str | Path) -> Path:
 def _ppl_pairs(results: Results) -> list[tuple[str, Method | None, Method | None]]:
     """Per metric (first-seen order): (label, baseline, +Prune&Comp), iterative preferred over block."""
     pairs: dict[str, dict[bool, Method]] = {}
-    rank = {"iterative": 0, "block": 1}
+    # The paper's pair: its baseline is one-shot without compensation, Prune&Comp is iterative with it.
+    ranks = {False: {"one-shot": 0, "block": 1, "iterative": 2}, True: {"iterative": 0, "block": 1}}
     for m in _methods(results):
         metric, mode, comp = m.get("metric"), m.get("mode"), m.get("compensate")
-        if not metric or mode not in rank or comp is None:
+        if not metric or comp is None or mode not in ranks[bool(comp)]:
             continue
+        rank = ranks[bool(comp)]
         slot = pairs.setdefault(metric, {})
         old = slot.get(bool(comp))
         if old is None or rank[mode] < rank[old.get("mode")]:
