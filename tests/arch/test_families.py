@@ -163,3 +163,17 @@ def test_inexact_family_can_still_be_pruned_without_compensation(arch_name):
 def test_every_family_in_the_matrix_is_named_once():
     assert len(set(CONFIGS)) == len(CONFIGS)
     assert set(EXACT_ARCHS) | set(REFUSED_ARCHS) | set(DISCOVERY_ARCHS) == set(CONFIGS)
+
+
+def test_gpt2_with_layer_index_scaled_attention_is_refused():
+    model = tiny_model("gpt2", layers=2)
+    model.config.scale_attn_by_inverse_layer_idx = True
+    with pytest.raises(prunecomp.arch.UnsupportedArchitecture, match="scale_attn_by_inverse_layer_idx"):
+        resolve(model)
+
+
+def test_readme_support_table_is_generated_from_the_spec_table():
+    from prunecomp.arch.support import support_table
+
+    readme = (HERE.parents[1] / "README.md").read_text(encoding="utf-8")
+    assert support_table() in readme, "regenerate with: python -c 'from prunecomp.arch.support import support_table; print(support_table())'"

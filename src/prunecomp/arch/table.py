@@ -80,13 +80,14 @@ GEMMA_LIKE = dict(
     # channels set the RMS the next norm divides by) and made perplexity worse than no compensation;
     # the token-RMS ratio made it better.
     default_estimator="token_rms",
+    notes="sublayer outputs pass through (1 + w) post-norms, which are the writers; `--estimator auto` uses token_rms",
 )
 QWEN_MOE_EXPERTS = "mlp.down_proj|mlp.experts.down_proj|mlp.experts.*.down_proj"
 
 SPECS: tuple[ArchSpec, ...] = (
     ArchSpec("llama", ("llama",), **LLAMA_LIKE),
     ArchSpec("mistral", ("mistral",), **LLAMA_LIKE),
-    ArchSpec("qwen2", ("qwen2",), config_adjusters=(slice_max_window_layers,), **LLAMA_LIKE),
+    ArchSpec("qwen2", ("qwen2",), config_adjusters=(slice_max_window_layers,), notes="sliding layers from max_window_layers", **LLAMA_LIKE),
     ArchSpec("qwen3", ("qwen3",), config_adjusters=(slice_max_window_layers,), **LLAMA_LIKE),
     ArchSpec("gemma2", ("gemma2",), **GEMMA_LIKE),
     ArchSpec("gemma3", ("gemma3_text",), **GEMMA_LIKE),
