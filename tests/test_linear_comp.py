@@ -194,3 +194,68 @@ def test_method_names_round_trip():
     assert parse_comp("linear-l2").name == "linear"
     with pytest.raises(LinearCompError):
         parse_comp("quadratic")
+
+
+# ---------------------------------------------------------------------------------------------
+# the library loop (PruneConfig.comp / select)
+
+
+def test_config_normalises_comp_and_refuses_contradictions():
+    from dataclasses import replace
+
+    from prunecomp import ConfigError
+
+    config = PruneConfig(comp="Linear-REL")
+    assert config.comp == "linear-rel" and config.compensate is False and config.comp_method.linear
+    assert replace(config, num_layers=2).comp == "linear-rel"  # re-validation is idempotent
+    assert PruneConfig(comp="none").compensate is False
+    assert PruneConfig().comp_method.name == "scalar" and PruneConfig(compensate=False).comp_method.name == "none"
+    with pytest.raises(ConfigError, match="compensate=False"):
+        PruneConfig(comp="scalar+linear", compensate=False)
+    with pytest.raises(ConfigError, match="unknown compensation"):
+        PruneConfig(comp="cubic")
+    with pytest.raises(ConfigError, match="select"):
+        PruneConfig(select="oracle")
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gemma3"])
+def test_library_loop_folds_maps_records_them_and_replays_bitwise(tmp_path, arch_name):
+    from prunecomp import RecipeError, apply_recipe
+    from prunecomp.linear_comp import MAPS_FILENAME
+
+    windows = random_windows(6, 24)
+    results = {}
+    for engine in ("memory", "layerwise"):
+        config = PruneConfig(metric="bi", num_layers=2, comp="scalar+linear-rel", engine=engine)
+        results[engine] = prune(tiny_model(arch_name, layers=6), None, config, windows)
+    memory, layerwise = results["memory"], results["layerwise"]
+    # the engine's cached boundaries must follow the map folded before each cut
+    assert memory.recipe.removed_layers == layerwise.recipe.removed_layers
+    assert all(torch.equal(a, b) for a, b in zip(memory.model.state_dict().values(), layerwise.model.state_dict().values()))
+    assert memory.maps and memory.recipe.calibration["comp"] == "scalar+linear-rel"
+    assert set(memory.recipe.calibration["comp_rounds"]) == {str(i) for i in memory.maps}
+    save_maps(memory.maps, tmp_path / MAPS_FILENAME)
+    replayed = apply_recipe(tiny_model(arch_name, layers=6), memory.recipe, load_maps(tmp_path / MAPS_FILENAME))
+    assert all(torch.equal(a, b) for a, b in zip(memory.model.state_dict().values(), replayed.state_dict().values()))
+    with pytest.raises(RecipeError, match="maps"):
+        apply_recipe(tiny_model(arch_name, layers=6), memory.recipe)
+
+
+def test_library_scalar_comp_is_the_plain_prune_and_linear_only_has_no_scale():
+    windows = random_windows(4, 24)
+    plain = prune(tiny_model(layers=6), None, PruneConfig(metric="bi", num_layers=2), windows)
+    named = prune(tiny_model(layers=6), None, PruneConfig(metric="bi", num_layers=2, comp="scalar"), windows)
+    assert not named.maps and "comp" not in named.recipe.calibration
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(), named.model.state_dict().values()))
+    linear = prune(tiny_model(layers=6), None, PruneConfig(metric="bi", num_layers=2, comp="linear"), windows)
+    assert all(r.scale == 1.0 for r in linear.recipe.rounds) and linear.maps
+
+
+def test_compensated_selection_picks_among_the_metrics_best_and_records_it():
+    windows = random_windows(4, 24)
+    config = PruneConfig(metric="bi", num_layers=1, comp="scalar+linear-rel", select="compensated", select_top=3)
+    result = prune(tiny_model(layers=6), None, config, windows)
+    scores = result.recipe.rounds[0].scores
+    best_three = sorted(range(len(scores)), key=lambda i: scores[i])[:3]
+    assert result.recipe.removed_layers[0] in best_three
+    assert result.recipe.calibration["select"] == "compensated (top 3)"

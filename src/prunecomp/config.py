@@ -24,6 +24,7 @@ class ConfigError(ValueError):
 #                   into consecutive seqlen windows
 SAMPLERS = ("random", "paper", "document_crops", "sleb")
 PRESETS = ("paper",)
+SELECTIONS = ("metric", "compensated")
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,17 @@ class PruneConfig:
     # picks it); "memory" runs the whole model per pass. Same recipes either way.
     engine: str = "auto"
     max_memory: str | None = None  # e.g. "2GB": what the layer-wise engine may hold; the rest goes to disk
+    # How each cut is compensated (prunecomp.linear_comp): "scalar" (the paper's; what compensate=True
+    # means), "none" (compensate=False), or a fitted map folded into the last kept layer before the
+    # cut: "linear", "scalar+linear", with -rel / -cos objectives and -down (down_proj only).
+    comp: str | None = None
+    # How each iterative round picks its layer: "metric" (the lowest score) or "compensated" (the
+    # metric's select_top best, re-ranked by calibration loss after removal and compensation; slow).
+    select: str = "metric"
+    select_top: int = 6
 
     def __post_init__(self):
+        self._check_comp()
         if self.remove is not None:
             object.__setattr__(self, "remove", tuple(int(i) for i in self.remove))
             if not self.remove:
@@ -138,6 +148,31 @@ class PruneConfig:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"{name} must be >= 0")
+
+    def _check_comp(self) -> None:
+        from .linear_comp import LinearCompError, parse_comp  # lazy: linear_comp imports the calibration code
+
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"unknown select {self.select!r}; choose from {', '.join(SELECTIONS)}")
+        if self.select_top < 1:
+            raise ConfigError("select_top must be at least 1")
+        if self.comp is None:
+            return
+        try:
+            method = parse_comp(self.comp)
+        except LinearCompError as exc:
+            raise ConfigError(str(exc)) from None
+        if not self.compensate and method.scalar:
+            raise ConfigError(f"comp {self.comp!r} folds the scalar, which compensate=False (--no-comp) turns off")
+        object.__setattr__(self, "comp", method.name)
+        object.__setattr__(self, "compensate", method.scalar)  # the scalar part runs through the usual scale path
+
+    @property
+    def comp_method(self):
+        """The CompMethod of each cut (`comp`, else the scalar or nothing as `compensate` says)."""
+        from .linear_comp import parse_comp
+
+        return parse_comp(self.comp or ("scalar" if self.compensate else "none"))
 
     @classmethod
     def paper(cls, metric: str = "bi", num_layers: int = 1, *, allow_substitute: bool = False, **overrides) -> "PruneConfig":

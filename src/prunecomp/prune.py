@@ -6,7 +6,7 @@ import math
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -16,7 +16,8 @@ from .calib.capture import HiddenStats
 from .calib.sets import CalibrationSets, calibration_sets
 from .compensate import AUTO, PER_WINDOW_ESTIMATORS, block_scale, fold_scale
 from .config import CalibConfig, ConfigError, PruneConfig
-from .engine.session import EngineSession
+from .engine.session import EngineSession, is_skeleton
+from .linear_comp import MAPS_FILENAME, CutMap, compensated_choice, cut_map_from_tensors, fit_round, fold_cut_map
 from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
 from .surgery import remove_layers
@@ -33,6 +34,9 @@ class PruneResult:
     params_before: int
     params_after: int
     seconds: float
+    # round index -> the fitted map folded at that cut (comp with a linear part); save them with
+    # linear_comp.save_maps(result.maps, out / MAPS_FILENAME) so `apply_recipe` can replay them.
+    maps: dict[int, CutMap] = field(default_factory=dict)
 
 
 def calibration_windows(tokenizer, calib: CalibConfig) -> tuple[torch.Tensor, dict]:
@@ -192,25 +196,38 @@ def prune(
         created=now(),
     )
     kept = list(range(total))
+    if config.comp_method.linear and is_skeleton(arch):
+        raise ConfigError(f"comp {config.comp!r} fits its maps on a model held in memory; load it in memory (--engine memory)")
     session = EngineSession(arch, config.engine, config.batch_size, progress, config.max_memory, metric.name)
+    maps: dict[int, CutMap] = {}
     try:
-        dense_stats = _run_rounds(session, metric, config, calibration, estimator, recipe, kept, progress)
+        dense_stats = _run_rounds(session, metric, config, calibration, estimator, recipe, kept, progress, maps)
     finally:
         session.close()
-    return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started)
+    if maps:
+        recipe.calibration["comp_rounds"] = {str(i): m.describe() for i, m in maps.items()}
+    return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started,
+                       maps)
 
 
 def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, calibration: CalibrationSets, estimator: str,
-                recipe: Recipe, kept: list[int], progress: bool) -> HiddenStats | None:
+                recipe: Recipe, kept: list[int], progress: bool, maps: dict[int, CutMap]) -> HiddenStats | None:
     """The rounds of one run; returns the dense model's statistics when they were gathered."""
     arch = session.arch
     total = arch.num_layers()
     dense_stats = None
     k = config.num_layers
+    method = config.comp_method
 
     def cut(start: int, size: int, scale: float) -> None:
+        fitted = fit_round(arch, calibration.scale, start, size, scale, method, config.batch_size)
+        if fitted is not None:  # folded into layer start - 1 before the scale (they commute) and the removal
+            fold_cut_map(arch, fitted)
+            maps[len(recipe.rounds) - 1] = fitted
         apply_round(arch, kept, start, size, scale)
         session.after_round(start, size, scale)  # the engine's cached states follow the model
+        if fitted is not None:
+            session.after_round(start - 1, 0, 1.0)  # the map changed h_start: the engine recomputes it
 
     if config.mode == "explicit":  # the given original indices; one scale per contiguous run
         dense_stats = _scale_stats(session, calibration, 1, config, estimator, progress, "scale stats")
@@ -242,10 +259,17 @@ def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, cal
         for round_index in tqdm(range(k), desc=f"pruning ({metric.name})", disable=not progress):
             scores, masked, stats = _score_round(session, metric, config, calibration, estimator, round_index, 1, progress,
                                                  writer_scales)
-            start = int(torch.argmin(masked))
             scale_stats = _scale_stats(session, calibration, 1, config, estimator, progress,
                                        f"round {round_index + 1}: scale stats", stats)
             dense_stats = dense_stats or scale_stats or stats
+            if config.select == "compensated":
+                num = arch.num_layers()
+                start, _ = compensated_choice(
+                    arch.model, calibration.scale, masked, method,
+                    lambda i: _block_scale(scale_stats, i, 1, num, config.compensate, estimator)[0],
+                    config.select_top, config.batch_size)
+            else:
+                start = int(torch.argmin(masked))
             scale, note = _block_scale(scale_stats, start, 1, arch.num_layers(), config.compensate, estimator)
             recipe.rounds.append(_round([kept[start]], scale, note, kept, masked, scores))
             cut(start, 1, scale)
@@ -262,23 +286,41 @@ def _protocol(config: PruneConfig) -> dict:
         details["magnitude"] = "unfolded (compensation divided out)" if config.unfold_magnitude else "raw |W| (official)"
     if config.float32_gradients and config.metric == "taylor":
         details["gradients"] = "float32"
+    if config.comp_method.linear:
+        details |= {"comp": config.comp_method.name, "comp_maps": MAPS_FILENAME}
+    if config.select != "metric":
+        details["select"] = f"{config.select} (top {config.select_top})"
     return details
 
 
-def apply_recipe(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
-    """Replay a recipe on a fresh copy of its source model (no calibration needed)."""
+def apply_recipe(model: torch.nn.Module, recipe: Recipe, maps: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
+    """Replay a recipe on a fresh copy of its source model (no calibration needed).
+
+    A recipe made with a linear `comp` also needs the fitted maps saved beside it
+    (`linear_comp.load_maps(folder / MAPS_FILENAME)`).
+    """
     arch = resolve(model)
+    fitted = recipe.calibration.get("comp_rounds") or {}
+    if fitted and maps is None:
+        raise RecipeError(f"this recipe folds fitted maps ({recipe.calibration.get('comp')}): pass the {MAPS_FILENAME} "
+                          "saved beside it")
     if model.config.model_type != recipe.model_type:
         raise RecipeError(f"recipe is for model_type {recipe.model_type!r}, model is {model.config.model_type!r}")
     if arch.num_layers() != recipe.num_layers_original:
         raise RecipeError(f"recipe expects {recipe.num_layers_original} layers, model has {arch.num_layers()}")
     kept = list(range(arch.num_layers()))
-    for step in recipe.rounds:
+    for index, step in enumerate(recipe.rounds):
         try:
             positions = [kept.index(i) for i in step.removed]
         except ValueError:
             raise RecipeError(f"round removes {step.removed}, but some were already removed") from None
         if positions != list(range(positions[0], positions[0] + len(positions))):
             raise RecipeError(f"round removes {step.removed}, which are not contiguous in the current model")
+        info = fitted.get(str(index))
+        if info is not None:
+            try:
+                fold_cut_map(arch, cut_map_from_tensors(maps, index, info["layer"], info["kind"], info["writers"]))
+            except KeyError as exc:
+                raise RecipeError(f"the maps file has no tensor {exc} for round {index + 1}") from None
         apply_round(arch, kept, positions[0], len(positions), step.scale)
     return model
