@@ -177,3 +177,18 @@ def test_readme_support_table_is_generated_from_the_spec_table():
 
     readme = (HERE.parents[1] / "README.md").read_text(encoding="utf-8")
     assert support_table() in readme, "regenerate with: python -c 'from prunecomp.arch.support import support_table; print(support_table())'"
+
+
+@pytest.mark.parametrize("arch_name", ["gpt2", "mixtral", "qwen2_moe", "gpt_oss", "gemma3"])
+def test_weight_matrices_cover_conv1d_and_fused_experts(arch_name):
+    """What weight-based metrics should score: every matrix of a layer, writers marked."""
+    model = tiny_model(arch_name, layers=2)
+    arch = resolve(model)
+    for index in range(arch.num_layers()):
+        matrices = arch.weight_matrices(index)
+        layer_params = [p for n, p in arch.layers()[index].named_parameters() if p.dim() >= 2 and not n.endswith("bias")]
+        assert len(matrices) == len(layer_params)
+        writer_ids = {id(t.tensor) for t in arch.writer_tensors(index)}
+        assert {id(t) for _, t, w in matrices if w} == {i for i in writer_ids if any(i == id(p) for p in layer_params)}
+        if arch.spec.layer_linear_writers:
+            assert any(w for _, _, w in matrices)

@@ -190,6 +190,21 @@ class ResolvedArch:
             tensors += _module_tensors(f"{prefix}.{name}", obj, self.spec.norm_offset)
         return tensors
 
+    def weight_matrices(self, index: int) -> list[tuple[str, torch.Tensor, bool]]:
+        """(name, tensor, is_writer) for every weight matrix of decoder layer `index`.
+
+        Any weight with two or more dimensions counts: nn.Linear, GPT-2's Conv1D and fused 3-D
+        expert tensors alike. `is_writer` marks the ones the compensation fold scales, so
+        weight-based metrics can divide the folded scale back out.
+        """
+        writers = {id(t.tensor) for t in self.writer_tensors(index)}
+        layer = self.layers()[index]
+        return [
+            (name, p, id(p) in writers)
+            for name, p in layer.named_parameters()
+            if p.dim() >= 2 and not name.endswith("bias")  # GPT-OSS's per-expert biases are [E, hidden]
+        ]
+
     def input_writer_tensors(self) -> list[WriterTensor]:
         """The tensors that write h_0: the embedding and any learned position embedding."""
         tensors = [WriterTensor(f"{self.spec.embedding}.weight", self.embedding().weight)]
