@@ -259,3 +259,33 @@ def test_compensated_selection_picks_among_the_metrics_best_and_records_it():
     best_three = sorted(range(len(scores)), key=lambda i: scores[i])[:3]
     assert result.recipe.removed_layers[0] in best_three
     assert result.recipe.calibration["select"] == "compensated (top 3)"
+
+
+def test_cli_prune_with_linear_comp_saves_maps_and_apply_replays_them(tmp_path, capsys):
+    import json
+
+    from safetensors.torch import load_file
+
+    from prunecomp.cli import main
+    from prunecomp.linear_comp import MAPS_FILENAME
+    from tiny import SAMPLE_TEXT, tiny_tokenizer
+
+    source = tmp_path / "model"
+    tiny_model("llama", layers=6, eps=1e-6).save_pretrained(source)
+    tiny_tokenizer().save_pretrained(source)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(SAMPLE_TEXT)
+    common = ["--metric", "bi", "--layers", "2", "--calib", str(calib), "--calib-windows", "6", "--seqlen", "32", "--quiet"]
+    out, plain, replay = tmp_path / "linear", tmp_path / "plain", tmp_path / "replay"
+    assert main(["prune", str(source), "--comp", "scalar+linear-rel", "--out", str(out), *common]) == 0
+    assert main(["prune", str(source), "--no-comp", "--out", str(plain), *common]) == 0
+    recipe = json.loads((out / "prunecomp_recipe.json").read_text())
+    assert recipe["calibration"]["comp"] == "scalar+linear-rel" and (out / MAPS_FILENAME).is_file()
+    weights, plain_weights = load_file(out / "model.safetensors"), load_file(plain / "model.safetensors")
+    # the checkpoint holds exactly the parameters of a plain layer-pruned model
+    assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in plain_weights.items()}
+    assert main(["apply", str(source), "--recipe", str(out), "--out", str(replay)]) == 0
+    again = load_file(replay / "model.safetensors")
+    assert all(torch.equal(weights[k], again[k]) for k in weights) and (replay / MAPS_FILENAME).is_file()
+    assert main(["prune", str(source), "--no-comp", "--comp", "scalar+linear", *common]) == 2
+    assert "compensate=False" in capsys.readouterr().err

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
+from pathlib import Path
 
 EXIT_USAGE = 2
 
@@ -79,6 +81,7 @@ def _prune_config(args, metric: str | None = None, iterative: bool | None = None
             overrides["remove"] = remove
         if getattr(args, "estimator", "auto") != "auto":
             overrides["estimator"] = args.estimator
+        overrides |= _comp_options(args)
         config = PruneConfig.paper(metric or args.metric, len(remove) if remove else args.layers,
                                    allow_substitute=args.allow_substitute, **overrides)
         return config.with_calibration_size(args.calib_windows, args.scale_windows, args.seqlen)
@@ -98,7 +101,14 @@ def _prune_config(args, metric: str | None = None, iterative: bool | None = None
         engine=getattr(args, "engine", "auto"),
         max_memory=getattr(args, "max_memory", None),
         calib=calib_config(args),
+        **_comp_options(args),
     )
+
+
+def _comp_options(args) -> dict:
+    """--comp / --select / --select-top as PruneConfig fields (flags not given keep the defaults)."""
+    names = {"comp": "comp", "select": "select", "select_top": "select_top"}
+    return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag, None) is not None}
 
 
 def _summary(result, out, seconds: float) -> str:
@@ -145,6 +155,10 @@ def cmd_prune(args) -> int:
         save = save_layerwise if lazy else save_pruned
         out = save(model, tokenizer, result.recipe, args.out, source=source, overwrite=args.overwrite,
                    params_before=result.params_before, params_after=result.params_after)
+        if result.maps:  # the fitted maps of --comp *linear*, so `apply` replays them exactly
+            from .linear_comp import MAPS_FILENAME, save_maps
+
+            save_maps(result.maps, Path(out) / MAPS_FILENAME)
     print(_summary(result, out, time.perf_counter() - started))
     return 0
 
@@ -159,10 +173,17 @@ def cmd_apply(args) -> int:
     check_output_dir(args.out, resolve_source(args.model), args.overwrite)
     model, tokenizer, source = load_model(args.model, args.dtype, args.device)
     before = resolve(model).parameter_count()
-    apply_recipe(model, recipe)
+    from .linear_comp import MAPS_FILENAME, load_maps
+
+    recipe_path = Path(args.recipe)
+    maps_path = (recipe_path if recipe_path.is_dir() else recipe_path.parent) / MAPS_FILENAME
+    maps = load_maps(maps_path) if maps_path.is_file() else None
+    apply_recipe(model, recipe, maps)
     after = resolve(model).parameter_count()
     out = save_pruned(model, tokenizer, recipe, args.out, source=source, overwrite=args.overwrite,
                       params_before=before, params_after=after)
+    if maps is not None:
+        shutil.copyfile(maps_path, Path(out) / MAPS_FILENAME)
     print(f"replayed {len(recipe.rounds)} rounds, removed {recipe.removed_layers}; parameters {before:,} -> {after:,}\nsaved: {out}")
     return 0
 
@@ -210,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (omit for a dry run)")
     p.add_argument("--one-shot", action="store_true", help="score once and remove the k lowest (default: iterative)")
     p.add_argument("--no-comp", action="store_true", help="do not fold the magnitude compensation (baseline)")
+    p.add_argument("--comp", default=None, metavar="METHOD",
+                   help="compensation of each cut: scalar (the paper's, default), none (= --no-comp), or a fitted map "
+                        "folded into the last kept layer: linear, scalar+linear, with -rel / -cos objectives and -down "
+                        "(down_proj only); the maps are saved beside the recipe")
+    p.add_argument("--select", default=None, choices=["metric", "compensated"],
+                   help="compensated: re-rank the metric's --select-top best layers by calibration loss after their "
+                        "removal and compensation (slow: a fit and a loss pass per candidate and round)")
+    p.add_argument("--select-top", type=int, default=None, help="candidates --select compensated tries (default 6)")
     p.add_argument("--protect-first", type=int, default=None, help="never remove the first N layers (default: metric's)")
     p.add_argument("--protect-last", type=int, default=None, help="never remove the last N layers (default: metric's)")
     p.add_argument("--estimator", default="auto", choices=["auto", "channel_mean", "channel_mean_windows", "token_rms"],
