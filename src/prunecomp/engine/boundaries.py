@@ -41,6 +41,17 @@ class Cost:
         return Cost(self.token_layer_evals, self.layer_calls, self.head_tokens)
 
 
+def to_device(value, device: torch.device):
+    """Tensors inside nested tuples, lists and dicts moved to `device`; everything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (tuple, list)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
+
+
 class BoundaryEngine:
     """Boundary states of one set of calibration windows, kept in step with the loop's rounds.
 
@@ -126,7 +137,11 @@ class BoundaryEngine:
     def _run(self, layer, current_index: int, hidden: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         inputs = self._inputs_for(batch)
         original = self.kept[current_index]
-        out = self.runner(layer, hidden.to(module_device(layer, self.device)), inputs.args[original], inputs.kwargs[original])
+        args, kwargs = inputs.args[original], inputs.kwargs[original]
+        device = module_device(layer, self.device)
+        if device != self.device:  # a layer placed elsewhere by a device map
+            args, kwargs = to_device(args, device), to_device(kwargs, device)
+        out = self.runner(layer, hidden.to(device), args, kwargs)
         self.cost.token_layer_evals += batch.numel()
         self.cost.layer_calls += 1
         return out

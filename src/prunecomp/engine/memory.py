@@ -58,6 +58,7 @@ class MemoryPlan:
     layer_bytes: int  # one decoder layer's weights while it runs
     boundary_bytes: int  # one boundary: every calibration window's hidden states
     activation_capacity: int | None  # bytes of boundaries kept in memory; None = unlimited
+    origin: str = "--max-memory"  # where the budget came from
 
     def describe(self, engine: str, device: str) -> str:
         if self.activation_capacity is None:
@@ -65,14 +66,15 @@ class MemoryPlan:
         else:
             slots = self.activation_capacity // max(self.boundary_bytes, 1)
             where = f"up to {slots} boundaries ({human(self.activation_capacity)}) in memory, the rest on disk"
-        budget = "no memory limit" if self.budget is None else f"budget {human(self.budget)}"
+        budget = "no memory limit" if self.budget is None else f"budget {human(self.budget)} ({self.origin})"
         return (
             f"engine: {engine} on {device}, {budget}: resident weights {human(self.resident_bytes)}, "
             f"one layer {human(self.layer_bytes)}, one boundary {human(self.boundary_bytes)}; {where}"
         )
 
 
-def plan_memory(budget: int | None, resident_bytes: int, layer_bytes: int, boundary_bytes: int) -> MemoryPlan:
+def plan_memory(budget: int | None, resident_bytes: int, layer_bytes: int, boundary_bytes: int,
+                origin: str = "--max-memory") -> MemoryPlan:
     """Split the budget: resident weights, one layer, two working boundaries (a layer's input and
     output), and whatever is left for cached boundaries. Raises when even that does not fit."""
     if budget is None:
@@ -84,7 +86,7 @@ def plan_memory(budget: int | None, resident_bytes: int, layer_bytes: int, bound
             f"({human(resident_bytes)}) and two boundaries of activations ({human(2 * boundary_bytes)}) need "
             f"{human(fixed)}; raise it or use fewer/shorter calibration windows"
         )
-    return MemoryPlan(budget, resident_bytes, layer_bytes, boundary_bytes, budget - fixed)
+    return MemoryPlan(budget, resident_bytes, layer_bytes, boundary_bytes, budget - fixed, origin)
 
 
 class BoundaryStore:

@@ -83,7 +83,8 @@ class EngineSession:
             free = available_memory()
             budget = None if free is None else resident + layer + 2 * boundary + free // 2
         try:
-            self.plan = plan_memory(budget, resident, layer, boundary)
+            origin = "--max-memory" if self.budget is not None else "no --max-memory: half of the free memory for boundaries"
+            self.plan = plan_memory(budget, resident, layer, boundary, origin)
         except MemoryBudgetError as exc:
             if not self.lazy and self.budget is not None:
                 raise MemoryBudgetError(f"{exc}. The model is held in memory ({human(resident)}; GGUF inputs are "
