@@ -1,10 +1,13 @@
 """The README's results section: Prune&Comp vs baselines on the two real models available offline.
 
-    PRUNECOMP_DATA=../shared/data python benchmarks/quality.py [smollm2|gemma3 ...] [--readme]
+    PRUNECOMP_DATA=../shared/data python benchmarks/quality.py [smollm2|gemma3|smollm2-paper|gemma3-paper ...] [--readme]
 
-Each model runs `prunecomp compare` with the settings below (sized for a 2-core CPU), writing
-results.json, results.md and plots into benchmarks/results/<model>/. Runs resume from their
-cache. With --readme, the tables are copied into README.md between the RESULTS markers.
+Each run is one `prunecomp compare` with the settings below (sized for a 2-core CPU), writing
+results.json, results.md and plots into benchmarks/results/<run>/. Runs resume from their cache.
+The `-paper` runs use the paper preset (`--preset paper`: the official protocol's data, samplers
+and metric details, with WikiText-2 validation and the local C4 sample substituted for the train
+splits that are not available offline, and shrunk to 16 x 1024-token windows) and report both
+evaluation protocols. With --readme, the tables are copied into README.md between the RESULTS markers.
 """
 
 from __future__ import annotations
@@ -49,16 +52,45 @@ RUNS = {
             batch_size=2,
         ),
     ),
+    "smollm2-paper": dict(
+        source="smollm2-135m",
+        config=CompareConfig(
+            metrics=("bi", "taylor", "mag", "ppl", "cl"),
+            num_layers=5,
+            ablation_metric=None,  # every metric has the full 2x2 grid
+            preset="paper",
+            calib=CalibConfig(num_windows=16, seqlen=1024, allow_substitute=True),
+            evaluation=EvalSettings(ppl_datasets=("wikitext2", "c4", "ptb"), seqlen=1024, max_windows=16,
+                                    protocols=("default", "paper"), allow_substitute=True, batch_size=2),
+            batch_size=2,
+        ),
+    ),
+    "gemma3-paper": dict(
+        source="gemma3-270m",
+        config=CompareConfig(
+            metrics=("bi", "taylor", "mag", "ppl", "cl"),
+            num_layers=3,
+            ablation_metric=None,
+            preset="paper",
+            calib=CalibConfig(num_windows=16, seqlen=1024, allow_substitute=True),
+            evaluation=EvalSettings(ppl_datasets=("wikitext2", "c4", "ptb"), seqlen=1024, max_windows=8,
+                                    protocols=("default", "paper"), allow_substitute=True, batch_size=1),
+            batch_size=1,
+        ),
+    ),
 }
 
 
 def command_line(name: str) -> str:
     cfg = RUNS[name]["config"]
     ev = cfg.evaluation
+    calib = (f"--preset paper --allow-substitute --calib-windows {cfg.calib.num_windows} --seqlen {cfg.calib.seqlen}"
+             if cfg.preset else f"--calib {cfg.calib.source} --calib-windows {cfg.calib.num_windows} --seqlen {cfg.calib.seqlen}")
+    protocol = "both" if len(ev.protocols) > 1 else ev.protocols[0]
+    tasks = f" --tasks {','.join(ev.tasks)} --limit {ev.limit}" if ev.tasks else ""
     return (f"prunecomp compare {RUNS[name]['source']} --metrics {','.join(cfg.metrics)} --layers {cfg.num_layers} "
-            f"--ablation {cfg.ablation_metric} --calib {cfg.calib.source} --calib-windows {cfg.calib.num_windows} "
-            f"--seqlen {cfg.calib.seqlen} --ppl {','.join(ev.ppl_datasets)} --eval-seqlen {ev.seqlen} "
-            f"--max-windows {ev.max_windows} --tasks {','.join(ev.tasks)} --limit {ev.limit} --batch-size {cfg.batch_size} "
+            f"--ablation '{cfg.ablation_metric or ''}' {calib} --ppl {','.join(ev.ppl_datasets)} --eval-protocol {protocol} "
+            f"--eval-seqlen {ev.seqlen} --max-windows {ev.max_windows}{tasks} --batch-size {cfg.batch_size} "
             f"--out benchmarks/results/{name}")
 
 

@@ -174,6 +174,10 @@ def prune(
         raise ConfigError(f"cannot remove {config.num_layers} of {total} layers")
     if config.remove is not None and max(config.remove) >= total:
         raise ConfigError(f"remove: layer {max(config.remove)} does not exist; the model has layers 0..{total - 1}")
+    positions = getattr(model.config, "max_position_embeddings", None)
+    longest = max(c.seqlen for c in (config.calib, config.score_calib) if c is not None)
+    if calibration is None and isinstance(positions, int) and longest > positions:
+        raise ConfigError(f"calibration windows of {longest} tokens exceed the model's {positions} positions; lower --seqlen")
     if calibration is None:
         calibration = calibration_sets(tokenizer, config.calib, config.score_calib)
     elif isinstance(calibration, torch.Tensor):

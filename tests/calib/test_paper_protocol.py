@@ -109,3 +109,22 @@ def write_paper_data(root):
     with gzip.open(root / "c4" / "c4-en-1000docs.json.gz", "wt") as handle:
         for i in range(30):
             handle.write(json.dumps({"text": f"web page {i} " * (3 + i)}) + "\n")
+
+
+def test_heavily_overlapping_windows_warn(tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("a short text of a few hundred characters. " * 8)
+    with pytest.warns(UserWarning, match="overlap heavily"):
+        sets = calibration_sets(tiny_tokenizer(), CalibConfig(source=str(text), num_windows=32, seqlen=64))
+    assert "overlap heavily" in sets.info["warning"] and sets.info["text_tokens"] < 400
+
+
+def test_windows_longer_than_the_models_positions_are_refused(tmp_path):
+    from prunecomp import PruneConfig, prune
+    from prunecomp.config import ConfigError
+    from tiny import tiny_model
+
+    text = tmp_path / "calib.txt"
+    text.write_text("plenty of words " * 2000)
+    with pytest.raises(ConfigError, match="exceed the model's 256 positions"):
+        prune(tiny_model("llama", layers=4), tiny_tokenizer(), PruneConfig(calib=CalibConfig(source=str(text), seqlen=1000)))

@@ -7,6 +7,7 @@ unless the metric has its own scoring data (PruneConfig.score_calib).
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -56,6 +57,22 @@ def _describe(calib, source: TextSource, bos: bool | None, count: int) -> dict:
     return info
 
 
+# Windows that together ask for more than this many times the text's tokens mostly repeat each other.
+MAX_OVERLAP = 4.0
+
+
+def _coverage(stream: torch.Tensor, count: int, calib) -> dict:
+    """The text's size against what the windows ask for; warns when they must overlap heavily."""
+    asked = count * calib.seqlen
+    info = {"text_tokens": int(stream.numel())}
+    if asked > MAX_OVERLAP * stream.numel():
+        message = (f"calibration text {calib.source!r} has {stream.numel():,} tokens, but {count} windows of {calib.seqlen} "
+                   f"ask for {asked:,}: the windows overlap heavily (use more text, or fewer or shorter windows)")
+        warnings.warn(message, stacklevel=3)
+        info["warning"] = message
+    return info
+
+
 def draw_windows(tokenizer, calib, rng: random.Random | None = None) -> tuple[torch.Tensor, dict, random.Random | None]:
     """calib.drawn_windows windows from calib's source and sampler; returns the random stream the
     paper sampler used (so a later sampler can continue it, as the official Taylor+ script does)."""
@@ -64,12 +81,15 @@ def draw_windows(tokenizer, calib, rng: random.Random | None = None) -> tuple[to
     if calib.sampler == "random":
         add_bos = wants_bos(tokenizer) if calib.add_bos is None else calib.add_bos
         bos_id = tokenizer.bos_token_id if add_bos else None
-        windows = sample_windows(tokenize_stream(tokenizer, source), count, calib.seqlen, calib.seed, bos_id)
-        return windows, _describe(calib, source, bos_id is not None, count), None
+        stream = tokenize_stream(tokenizer, source)
+        windows = sample_windows(stream, count, calib.seqlen, calib.seed, bos_id)
+        return windows, _describe(calib, source, bos_id is not None, count) | _coverage(stream, count, calib), None
     if calib.sampler == "paper":
         rng = random.Random(calib.seed)
-        windows = paper_windows(tokenize_as_official(tokenizer, source.joined()), count, calib.seqlen, rng)
-        return windows, _describe(calib, source, None, count) | {"bos": "tokenizer's own, once per stream"}, rng
+        stream = tokenize_as_official(tokenizer, source.joined())
+        windows = paper_windows(stream, count, calib.seqlen, rng)
+        info = _describe(calib, source, None, count) | {"bos": "tokenizer's own, once per stream"}
+        return windows, info | _coverage(stream, count, calib), rng
     if calib.sampler == "document_crops":
         if not (calib.continue_random and rng is not None):
             rng = random.Random(calib.seed)
