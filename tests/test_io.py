@@ -70,3 +70,90 @@ def test_load_error_is_clean(tmp_path):
 
     with pytest.raises(LoadError):
         load_model(str(tmp_path / "missing.gguf"))
+
+
+def test_output_folder_gets_normal_permissions(pruned, tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        out = save_pruned(pruned.model, None, pruned.recipe, tmp_path / "out")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not the 0700 of a temporary folder
+
+
+def test_overwrite_replaces_only_prunecomp_outputs(pruned, tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(SaveError, match="not a prunecomp output"):
+        save_pruned(pruned.model, None, pruned.recipe, user, overwrite=True)
+    assert (user / "notes.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (save_pruned(pruned.model, None, pruned.recipe, empty) / RECIPE_FILENAME).exists()  # empty is fine
+
+
+def test_stale_temporaries_are_removed_by_the_next_save(pruned, tmp_path):
+    stale = tmp_path / ".out.tmp-12345-deadbeef"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".out.prunecomp-lock").write_text("12345\n")  # a SIGKILLed run's lock file
+    save_pruned(pruned.model, None, pruned.recipe, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_nonfinite_weights_are_refused_on_load_naming_the_tensor(tmp_path):
+    from prunecomp.errors import NonFiniteWeights
+
+    model = tiny_model("llama", layers=4)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight[3, 4] = float("inf")
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    with pytest.raises(NonFiniteWeights, match=r"model\.layers\.1\.self_attn\.o_proj\.weight holds 1 Inf"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_pickle_weights_need_a_flag(tmp_path):
+    from prunecomp.errors import UnsafeLoad
+
+    model = tiny_model("llama", layers=2)
+    model.save_pretrained(tmp_path / "m")
+    tiny_tokenizer().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()  # leave only a pickle checkpoint
+    torch.save(model.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    with pytest.raises(UnsafeLoad, match="--allow-pickle"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_fingerprint_ignores_load_dtype_and_tells_checkpoints_apart(tmp_path):
+    from prunecomp.io import weights_fingerprint
+
+    a, b = tiny_model("llama", layers=2, seed=0), tiny_model("llama", layers=2, seed=1)
+    assert weights_fingerprint(a) == weights_fingerprint(tiny_model("llama", layers=2, seed=0).to(torch.bfloat16))
+    assert weights_fingerprint(a) != weights_fingerprint(b)
+
+
+def test_replay_on_another_checkpoint_is_refused_unless_forced(tmp_path):
+    from prunecomp.errors import RecipeMismatch
+    from prunecomp.prune import apply_recipe
+
+    for seed in (0, 1):
+        tiny_model("llama", layers=6, eps=1e-6, seed=seed).save_pretrained(tmp_path / f"m{seed}")
+        tiny_tokenizer().save_pretrained(tmp_path / f"m{seed}")
+    model, tokenizer, source = load_model(str(tmp_path / "m0"))
+    result = prune(model, tokenizer, PruneConfig(metric="bi", num_layers=2), random_windows(3, 24))
+    made = save_pruned(model, tokenizer, result.recipe, tmp_path / "made", source=source)
+    recipe = Recipe.load(made)
+    assert recipe.source_fingerprint == source.fingerprint and recipe.dtype == "float32"
+    other, tokenizer, other_source = load_model(str(tmp_path / "m1"))
+    apply_recipe(other, recipe)
+    with pytest.raises(RecipeMismatch, match="--force"):
+        save_pruned(other, tokenizer, recipe, tmp_path / "replay", source=other_source)
+    assert not (tmp_path / "replay").exists()
+    forced = Recipe.load(save_pruned(other, tokenizer, recipe, tmp_path / "replay", source=other_source, force=True))
+    assert forced.source_model == other_source.name and forced.source_fingerprint == other_source.fingerprint
+    assert any("forced replay" in w for w in forced.warnings)

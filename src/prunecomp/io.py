@@ -9,8 +9,8 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -410,12 +410,6 @@ def _versions() -> dict:
     return library_versions()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_pruned(
     model,
     tokenizer,
@@ -444,26 +438,31 @@ def save_pruned(
     return out
 
 
+def _sibling(out: Path, kind: str) -> Path:
+    """A fresh hidden name beside `out` (`.<name>.tmp-*` or `.<name>.old-*`), not created yet."""
+    return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def _write_atomically(model, tokenizer, recipe: Recipe, out: Path, params_before, params_after) -> None:
+    # Names are chosen before the folders exist, so an interrupt at any instant (even inside
+    # mkdir) still knows what to remove. mkdir uses the normal umask, unlike mkdtemp's 0700.
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    trash = None
+    staging, trash = _sibling(out, "tmp"), _sibling(out, "old")
     try:
+        staging.mkdir()
         model.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         (staging / "README.md").write_text(model_card(recipe, params_before, params_after), encoding="utf-8")
         recipe.save(staging / RECIPE_FILENAME)  # last: a folder with a recipe is a finished output
-        os.chmod(staging, 0o777 & ~_umask())
         if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            trash.mkdir()
             os.replace(out, trash / out.name)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if trash is not None and (trash / out.name).exists() and not out.exists():
+        if (trash / out.name).exists() and not out.exists():
             os.replace(trash / out.name, out)  # put the previous output back
         raise
     finally:
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
