@@ -233,6 +233,111 @@ def test_run_harness_full_mmlu_group(tiny, tmp_path):
     assert res.average is None and res.to_dict()["average"] is None
 
 
+# ---------------------------------------------------------------- packed log-likelihood scoring
+
+
+def _one_at_a_time(model, requests):
+    """Reference: each request alone, unpadded, as lm-eval's HFLM scores it."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for context, continuation in requests:
+        ids = torch.tensor([context + continuation[:-1]])
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[0, -len(continuation):]
+        logprobs = F.log_softmax(logits.float(), -1)
+        target = torch.tensor(continuation)
+        out.append((float(logprobs[torch.arange(len(target)), target].sum()), bool((logprobs.argmax(-1) == target).all())))
+    return out
+
+
+def _requests(seed: int, questions: int = 5, choices: int = 3):
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    requests = []
+    for _ in range(questions):
+        context = torch.randint(3, 100, (int(torch.randint(1, 14, (), generator=g)),), generator=g).tolist()
+        for _ in range(choices):
+            n = int(torch.randint(1, 5, (), generator=g))
+            requests.append((context, torch.randint(3, 100, (n,), generator=g).tolist()))
+    return requests
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "qwen2", "gpt2", "opt"])
+@pytest.mark.parametrize("budget", [1, 24, 4096])
+def test_packed_scores_equal_one_request_per_forward(arch, budget):
+    """Shared contexts, block-diagonal rows, sliding windows (gemma3/qwen2 tiny window = 8)."""
+    from tiny import tiny_model
+
+    from prunecomp.nll import packed_continuation_scores, plain_continuation_scores
+
+    model = tiny_model(arch, layers=3, eps=1e-6)
+    requests = _requests(seed=budget)
+    expected = _one_at_a_time(model, requests)
+    for got in (packed_continuation_scores(model, requests, token_budget=budget),
+                plain_continuation_scores(model, requests)):
+        assert [s.logprob for s in got] == pytest.approx([e[0] for e in expected], abs=1e-4)
+        assert [s.is_greedy for s in got] == [e[1] for e in expected]
+
+
+def test_packing_shares_contexts_and_fills_rows():
+    from prunecomp.nll import pack_rows, shared_context_segments
+
+    requests = [([5, 6, 7], [8, 9]), ([5, 6, 7], [10]), ([4], [3, 3, 3]), ([5, 6, 7], [11, 12, 13])]
+    segments = shared_context_segments(requests)
+    assert [s.context for s in segments] == [(5, 6, 7), (4,)]
+    assert [i for i, _ in segments[0].members] == [0, 1, 3]
+    assert segments[0].length == 3 + 1 + 0 + 2 and segments[1].length == 1 + 2
+    assert [len(r) for r in pack_rows(segments, 9)] == [2] and [len(r) for r in pack_rows(segments, 8)] == [1, 1]
+    # lm-eval's left truncation: context + continuation cut to max_length + 1 tokens
+    assert shared_context_segments([([1, 2, 3, 4], [5, 6])], max_length=4)[0].context == (2, 3, 4)
+
+
+def test_run_harness_packed_equals_lm_eval_loop(tiny, data):
+    """Same accuracies with the packed scorer and with lm-eval's own loop (pack_tokens=0)."""
+    model, tok = tiny
+    tasks = ["arc_easy", "copa", "piqa", "mmlu"]
+    packed = run_harness(model, tok, tasks, limit=3, data_dir=data)
+    for batch_size in (1, 4):
+        plain = run_harness(model, tok, tasks, limit=3, data_dir=data, pack_tokens=0, batch_size=batch_size)
+        for name in tasks:
+            assert packed.tasks[name].acc == plain.tasks[name].acc
+            assert packed.tasks[name].acc_norm == plain.tasks[name].acc_norm
+
+
+def test_packed_falls_back_when_the_model_ignores_the_mask(tiny, caplog, monkeypatch):
+    """A model whose scores disagree with the plain path is scored by lm-eval's loop instead."""
+    import torch
+
+    from prunecomp.eval.harness import _packed_lm_class
+
+    model, tok = tiny
+    lm = _packed_lm_class()(pretrained=model, tokenizer=tok, batch_size=1)
+    requests = [(("q", " a"), [5, 6, 7], [8, 9]), (("q", " b"), [5, 6, 7], [10, 11])]
+    reference = _one_at_a_time(model, [(c, x) for _, c, x in requests])
+    assert [a for a, _ in lm._loglikelihood_tokens(requests, disable_tqdm=True)] == pytest.approx(
+        [r[0] for r in reference], abs=1e-4)
+    assert lm.packing_ok is True
+
+    broken = _packed_lm_class()(pretrained=model, tokenizer=tok, batch_size=1)
+    original = torch.nn.functional.log_softmax
+    calls = []
+
+    def skewed(x, *args, **kwargs):  # corrupt only the packed scorer's first call
+        calls.append(1)
+        out = original(x, *args, **kwargs)
+        return out - 1.0 if len(calls) == 1 else out
+
+    monkeypatch.setattr(torch.nn.functional, "log_softmax", skewed)
+    with caplog.at_level("WARNING"):
+        answers = broken._loglikelihood_tokens(requests, disable_tqdm=True)
+    monkeypatch.undo()
+    assert broken.packing_ok is False and "using lm-eval's loop" in caplog.text
+    assert [a for a, _ in answers] == pytest.approx([r[0] for r in reference], abs=1e-4)
+
+
 # ---------------------------------------------------------------- RP%
 
 

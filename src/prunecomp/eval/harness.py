@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "DEFAULT_PACK_TOKENS",
     "LOCAL_TASKS",
     "MMLU",
     "PAPER_QA_TASKS",
@@ -67,6 +68,9 @@ LOCAL_TASKS: tuple[str, ...] = ("arc_easy", "boolq", "copa", "piqa", MMLU)
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 DATA_ENV = "PRUNECOMP_DATA"
 MMLU_FEWSHOT = 5
+#: Tokens per packed forward of the log-likelihood scorer (see :func:`run_harness`); on one CPU
+#: core a row of a few hundred tokens runs near peak matmul speed while attention over it stays cheap.
+DEFAULT_PACK_TOKENS = 512
 
 Source = Literal["local", "lm-eval"]
 
@@ -283,6 +287,62 @@ def retained(pruned: HarnessResult, dense: HarnessResult) -> dict[str, Any]:
     }
 
 
+def _scores_agree(packed: Any, plain: Any, dtype: Any) -> bool:
+    import torch
+
+    atol, rtol = (1e-3, 1e-4) if dtype in (torch.float32, torch.float64) else (5e-2, 2e-2)
+    return abs(packed.logprob - plain.logprob) <= atol + rtol * abs(plain.logprob)
+
+
+def _packed_lm_class() -> type:
+    """lm-eval's ``HFLM`` with log-likelihood requests scored by the packed scorer.
+
+    Built lazily so that importing this module does not import lm-eval. The first call checks
+    the packed scores of a few requests against the plain one-request-per-forward scores; a
+    model whose attention ignores custom 4-D masks or explicit positions fails that check and
+    is scored by lm-eval's own loop instead (with a warning).
+    """
+    from lm_eval.models.huggingface import HFLM
+
+    from ..nll import packed_continuation_scores, plain_continuation_scores
+
+    class PackedHFLM(HFLM):
+        token_budget: int = DEFAULT_PACK_TOKENS
+        packing_ok: bool | None = None  # None until the first log-likelihood call checked it
+
+        def _packing_works(self, pairs: list[tuple[list[int], list[int]]]) -> bool:
+            if self.packing_ok is None:
+                sample = pairs[:4]
+                try:
+                    packed = packed_continuation_scores(self.model, sample, self.token_budget, self.max_length)
+                    plain = plain_continuation_scores(self.model, sample, self.max_length)
+                    dtype = next(self.model.parameters()).dtype
+                    self.packing_ok = all(_scores_agree(a, b, dtype) for a, b in zip(packed, plain))
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    log.warning("packed log-likelihood scoring failed (%s)", exc)
+                    self.packing_ok = False
+                if not self.packing_ok:
+                    log.warning("packed scores differ from plain ones for this model; using lm-eval's loop")
+            return self.packing_ok
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            pairs = [(list(context), list(continuation)) for _, context, continuation in requests]
+            if self.backend != "causal" or not pairs or not self._packing_works(pairs):
+                return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            scores = packed_continuation_scores(
+                self.model, pairs, self.token_budget, self.max_length, progress=not disable_tqdm
+            )
+            answers = []
+            for (key, _, _), score in zip(requests, scores):
+                answer = (score.logprob, score.is_greedy)
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+                answers.append(answer)
+            return answers
+
+    return PackedHFLM
+
+
 def vllm_model_spec(
     pretrained_path: str | os.PathLike[str] | None, *, seed: int = 0, **extra: Any
 ) -> tuple[str, dict[str, Any]]:
@@ -427,13 +487,24 @@ def run_harness(
     backend: Literal["hf", "vllm"] = "hf",
     pretrained_path: str | os.PathLike[str] | None = None,
     seed: int = 0,
+    pack_tokens: int = DEFAULT_PACK_TOKENS,
 ) -> HarnessResult:
     """Evaluate a causal LM with lm-eval on ``tasks`` (see :func:`resolve_tasks`).
 
     ``backend="hf"`` wraps the in-memory ``model``/``tokenizer`` in lm-eval's ``HFLM`` (on the
     model's device). ``backend="vllm"`` ignores them and has lm-eval's vLLM load the checkpoint
-    saved at ``pretrained_path``. ``limit`` caps the examples per leaf task (lm-eval takes the first
+    saved at ``pretrained_path``.
+    ``limit`` caps the examples per leaf task (lm-eval takes the first
     ``limit`` documents; a float < 1 is a fraction). All of lm-eval's seeds are set to ``seed``.
+
+    Log-likelihood requests (hf backend) are scored by
+    :func:`prunecomp.nll.packed_continuation_scores`: requests sharing a context share one pass
+    over it, rows of up to ``pack_tokens`` tokens go through
+    the model at once, and the LM head runs only where a continuation token is predicted. The
+    scores equal lm-eval's up to float rounding; this is checked once per run against the plain
+    one-request-per-forward scores, and lm-eval's own loop takes over on a mismatch.
+    ``pack_tokens=0`` keeps lm-eval's loop with ``batch_size`` requests per forward (the old
+    behaviour). Generation requests always use lm-eval's loop.
     """
     choices = resolve_tasks(tasks, data_dir)
     root = _data_dir(data_dir)
@@ -443,7 +514,11 @@ def run_harness(
         if model is None or tokenizer is None:
             raise ValueError("backend='hf' needs the model and its tokenizer")
         with _quiet_lm_eval():
-            lm: Any = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            if pack_tokens == 0:  # lm-eval's own loop: one padded batch of `batch_size` requests per forward
+                lm: Any = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+            else:
+                lm = _packed_lm_class()(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+                lm.token_budget = pack_tokens
         model_args = None
     elif backend == "vllm":
         lm, model_args = vllm_model_spec(pretrained_path, seed=seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..calib.capture import batches, model_device
 from .base import ScoreContext
@@ -77,33 +78,63 @@ def taylor(ctx: ScoreContext) -> torch.Tensor:
     estimates how much the loss changes if the layer's weights are zeroed. Unlike Mag+, no
     correction for folded compensation is needed: scaling a writer by s scales dL/dW by about
     1/s (the stream it feeds is read through norms), so |W * dL/dW| is nearly unchanged.
+
+    Cost: one forward and one backward per batch, about three forward passes a round. Only the
+    scored weights get gradients (the embeddings and LM head get none), summed in float32 on the
+    model's device, and the model is not copied.
     """
-    model = ctx.arch.model
     unscaled = ScoreContext(ctx.arch, ctx.windows, ctx.stats, norm_weights=ctx.norm_weights)
     matrices = [_layer_matrices(unscaled, index) for index in range(ctx.arch.num_layers())]
-    tracked = {id(p) for group in matrices for p, _ in group}
-    previous = {name: p.requires_grad for name, p in model.named_parameters()}
+    gradients = _loss_gradients(
+        ctx.arch.model, [w for group in matrices for w, _ in group], ctx.windows, ctx.batch_size, ctx.progress,
+        desc=f"round {ctx.round_index + 1}: taylor",
+    )
+    with torch.no_grad():
+        scores = [
+            sum(float((w.detach().float() * gradients[id(w)]).abs().sum()) / divisor
+                for w, divisor in group if id(w) in gradients)
+            for group in matrices
+        ]
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def _loss_gradients(
+    model: nn.Module, params: list[nn.Parameter], windows: torch.Tensor, batch_size: int, progress: bool, desc: str
+) -> dict[int, torch.Tensor]:
+    """id(p) -> float32 dL/dp for the given parameters, L the mean next-token loss over `windows`.
+
+    Every other parameter is frozen for the duration (so autograd builds no graph for them);
+    requires_grad flags are restored and .grad cleared on exit. Float32 parameters accumulate in
+    their own .grad; others are summed into float32 buffers after each batch, so half-precision
+    gradients are never accumulated in half precision.
+    """
+    wanted = {id(p): p for p in params}
+    previous = [(p, p.requires_grad) for p in model.parameters()]
     device = model_device(model)
-    total_tokens = ctx.windows.shape[0] * (ctx.windows.shape[1] - 1)
+    total_tokens = windows.shape[0] * (windows.shape[1] - 1)
+    sums: dict[int, torch.Tensor] = {}
     try:
-        for p in model.parameters():
-            p.requires_grad_(id(p) in tracked)
+        for p, _ in previous:
+            p.requires_grad_(id(p) in wanted)
             p.grad = None
         with torch.enable_grad():
-            for batch in batches(ctx.windows, ctx.batch_size):
+            for batch in tqdm(list(batches(windows, batch_size)), desc=desc, disable=not progress, leave=False):
                 batch = batch.to(device)
                 logits = model(input_ids=batch, use_cache=False).logits
                 loss = nn.functional.cross_entropy(
                     logits[:, :-1].float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
                 )
                 (loss / total_tokens).backward()
-        with torch.no_grad():
-            scores = [
-                sum(float((w.detach().float() * w.grad.float()).abs().sum()) / divisor for w, divisor in group if w.grad is not None)
-                for group in matrices
-            ]
+                del logits, loss
+                for key, p in wanted.items():
+                    if p.grad is not None and p.grad.dtype != torch.float32:
+                        sums[key] = sums[key].add_(p.grad) if key in sums else p.grad.float()
+                        p.grad = None
+        for key, p in wanted.items():
+            if p.grad is not None:  # float32 parameters: autograd summed into .grad
+                sums[key] = p.grad.detach()
+        return sums
     finally:
-        for name, p in model.named_parameters():
+        for p, requires_grad in previous:
             p.grad = None
-            p.requires_grad_(previous[name])
-    return torch.tensor(scores, dtype=torch.float64)
+            p.requires_grad_(requires_grad)
