@@ -192,3 +192,23 @@ def test_weight_matrices_cover_conv1d_and_fused_experts(arch_name):
         assert {id(t) for _, t, w in matrices if w} == {i for i in writer_ids if any(i == id(p) for p in layer_params)}
         if arch.spec.layer_linear_writers:
             assert any(w for _, _, w in matrices)
+
+
+def test_cli_refusal_is_one_line_with_exit_code_2(tmp_path, capsys):
+    from prunecomp.cli import main
+    from tiny import SAMPLE_TEXT
+
+    model_dir = tmp_path / "olmo2"
+    tiny_model("olmo2", layers=4, eps=1e-6, force_eps=False).save_pretrained(model_dir)
+    tiny_tokenizer().save_pretrained(model_dir)
+    (tmp_path / "calib.txt").write_text(SAMPLE_TEXT)
+    out = tmp_path / "out"
+    capsys.readouterr()  # drop the progress bars of saving the input model
+    argv = ["prune", str(model_dir), "--metric", "bi", "--layers", "1", "--protect-last", "1", "--out", str(out),
+            "--calib", str(tmp_path / "calib.txt"), "--calib-windows", "2", "--seqlen", "16", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    message = err.splitlines()[-1]  # earlier lines are transformers' own loading progress bar
+    assert "Traceback" not in err and "compensation refused for olmo2" in message and "raw residual stream" in message
+    assert not out.exists()
+    assert main([*argv, "--no-comp"]) == 0

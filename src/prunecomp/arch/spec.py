@@ -18,9 +18,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ..errors import PrunecompError
 
-class UnsupportedArchitecture(ValueError):
-    pass
+
+class UnsupportedArchitecture(PrunecompError, ValueError):
+    """The model's layout is unknown, or layers cannot be removed from it."""
 
 
 class InexactFold(UnsupportedArchitecture):
