@@ -202,7 +202,8 @@ def prune(
     kept = list(range(total))
     if config.comp_method.linear and is_skeleton(arch):
         raise ConfigError(f"comp {config.comp!r} fits its maps on a model held in memory; load it in memory (--engine memory)")
-    session = EngineSession(arch, config.engine, config.batch_size, progress, config.max_memory, metric.name)
+    session = EngineSession(arch, config.engine, config.batch_size, progress, config.max_memory, metric.name,
+                            superset=calibration.scale)  # scoring windows that are a prefix of the scale's share its engine
     maps: dict[int, CutMap] = {}
     try:
         dense_stats = _run_rounds(session, metric, config, calibration, estimator, recipe, kept, progress, maps)

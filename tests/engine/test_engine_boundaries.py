@@ -110,3 +110,21 @@ def test_per_window_means_match_capture():
         pytest.skip("this checkout's capture_stats has no per-window statistics")
     torch.testing.assert_close(engine.stats(per_window=True).window_channel_mean_abs, slow.window_channel_mean_abs,
                                rtol=1e-5, atol=1e-7)
+
+
+def test_changed_weights_before_a_boundary_are_recomputed_from_there():
+    """after_round(i - 1, 0, 1.0) says "layer i - 1 changed" (a fitted map folded into it); -1 means
+    the embedding changed. The engine recomputes from there and matches a fresh pass."""
+    model = tiny_model("llama", layers=5)
+    arch = resolve(model)
+    windows = random_windows(3, 12)
+    engine = BoundaryEngine(arch, windows, batch_size=2)
+    engine.stats()
+    with torch.no_grad():
+        arch.layers()[2].mlp.down_proj.weight.mul_(1.5)
+    engine.after_round(2, 0, 1.0)
+    assert_stats_close(engine.stats(), capture_stats(arch, windows, (1,), batch_size=2), (1,))
+    with torch.no_grad():
+        arch.embedding().weight.mul_(0.5)
+    engine.after_round(-1, 0, 1.0)
+    assert_stats_close(engine.stats(), capture_stats(arch, windows, (1,), batch_size=2), (1,))

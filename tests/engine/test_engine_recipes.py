@@ -85,3 +85,20 @@ def test_recipes_agree_with_a_realistic_norm_eps(metric):
     windows = random_windows(4, 16)
     settings = dict(metric=metric, num_layers=3)
     assert_same_recipe(run(model, "layerwise", windows, **settings), run(model, "memory", windows, **settings))
+
+
+def test_scoring_windows_that_prefix_the_scale_windows_share_one_engine():
+    """The paper's layout: 2 scoring windows are the first of 4 scale windows. One engine over the
+    4 serves both, so the dense pass costs 4 windows, not 2 + 4; the recipe is unchanged."""
+    from prunecomp.arch import resolve
+    from prunecomp.engine.session import EngineSession
+
+    model = tiny_model("llama", layers=6)
+    scale = random_windows(4, 16)
+    sets = CalibrationSets.from_windows(scale[:2], scale)
+    settings = dict(metric="bi", num_layers=2, estimator="channel_mean_windows")
+    assert_same_recipe(run(model, "layerwise", sets, **settings), run(model, "memory", sets, **settings))
+    session = EngineSession(resolve(copy.deepcopy(model)), "layerwise", batch_size=2, superset=scale)
+    session.stats(scale[:2])
+    session.stats(scale)
+    assert session.cost.token_layer_evals == 6 * scale.numel()

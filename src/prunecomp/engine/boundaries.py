@@ -41,6 +41,12 @@ class Cost:
         return Cost(self.token_layer_evals, self.layer_calls, self.head_tokens)
 
 
+def _cos_distance_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per window: sum over tokens of 1 - cos(a_t, b_t), in float64 from float32 values."""
+    distance = 1.0 - F.cosine_similarity(a.detach().float(), b.detach().float(), dim=-1)
+    return distance.sum(dim=1, dtype=torch.float64).cpu()
+
+
 def to_device(value, device: torch.device):
     """Tensors inside nested tuples, lists and dicts moved to `device`; everything else as it is."""
     if isinstance(value, torch.Tensor):
@@ -79,17 +85,18 @@ class BoundaryEngine:
         self.desc = desc
         self.device = module_device(arch.embedding())
         self.batches = list(batches(windows, batch_size))
-        self.num_tokens = int(windows.shape[0] * windows.shape[1])
+        self.num_windows, self.seqlen = int(windows.shape[0]), int(windows.shape[1])
         self.cost = Cost()
         self.runner = LayerRunner()
         self.kept = list(range(arch.num_layers()))  # original index of every current layer
         self._inputs: dict[tuple[int, ...], LayerInputs] = {}  # per batch shape, captured on the dense model
         self._keys: list[tuple[int, int]] = []  # store key of every computed boundary, in order
         self._multiplier: list[float] = []  # current h_l = multiplier[l] * stored h_l
-        self._abs_sum: list[torch.Tensor] = []  # float64 [hidden] per boundary
-        self._rms_sum: list[torch.Tensor] = []  # float64 scalar per boundary
-        self._window_means: list[torch.Tensor] = []  # float32 [windows, hidden] per boundary: E_t |h| per window
-        self._cos_sum: dict[tuple[int, int], torch.Tensor] = {}  # (n, l) -> sum_t 1 - cos(h_l, h_{l+n})
+        # Sums per window, so statistics of any prefix of the windows come for free (the paper's
+        # scoring windows are a prefix of its scale windows: one engine serves both).
+        self._abs_sum: list[torch.Tensor] = []  # float64 [windows, hidden] per boundary: sum_t |h_l[t, c]|
+        self._rms_sum: list[torch.Tensor] = []  # float64 [windows] per boundary: sum_t rms(h_l[t])
+        self._cos_sum: dict[tuple[int, int], torch.Tensor] = {}  # (n, l) -> [windows]: sum_t 1 - cos(h_l, h_{l+n})
         self._next_key = 0
         self._embed()
 
@@ -107,7 +114,7 @@ class BoundaryEngine:
         states = []
         for batch in self.batches:
             captured = capture_layer_inputs(self.arch, batch.to(self.device))
-            self._inputs.setdefault(tuple(batch.shape), captured)
+            self._inputs.setdefault(tuple(batch.shape), captured)  # arguments per original layer: the dense model's
             states.append(captured.hidden)
         for captured in self._inputs.values():
             captured.hidden = torch.empty(0)  # keep only the arguments
@@ -115,20 +122,17 @@ class BoundaryEngine:
 
     def _append_boundary(self, states: list[torch.Tensor]) -> None:
         """Record a newly computed boundary (multiplier 1) and its magnitude statistics."""
-        abs_sum, rms_sum, window_means = None, torch.zeros((), dtype=torch.float64), []
-        for h in states:  # the same arithmetic as calib.capture, so the statistics agree to rounding
+        abs_sum, rms_sum = [], []
+        for h in states:  # float32 values, float64 sums, as calib.capture does
             h = h.detach().float()
-            part = h.abs().sum(dim=tuple(range(h.dim() - 1)), dtype=torch.float64).cpu()
-            abs_sum = part if abs_sum is None else abs_sum + part
-            rms_sum += h.pow(2).mean(dim=-1).sqrt().sum(dtype=torch.float64).cpu()
-            window_means.append(h.abs().reshape(h.shape[0], -1, h.shape[-1]).mean(dim=1).cpu())
+            abs_sum.append(h.abs().sum(dim=1, dtype=torch.float64).cpu())
+            rms_sum.append(h.pow(2).mean(dim=-1).sqrt().sum(dim=1, dtype=torch.float64).cpu())
         key = self._new_key()
         self.store.put(key, states)
         self._keys.append(key)
         self._multiplier.append(1.0)
-        self._abs_sum.append(abs_sum)
-        self._rms_sum.append(rms_sum)
-        self._window_means.append(torch.cat(window_means))
+        self._abs_sum.append(torch.cat(abs_sum))
+        self._rms_sum.append(torch.cat(rms_sum))
 
     def _state(self, boundary: int, batch_index: int, states: list[torch.Tensor]) -> torch.Tensor:
         multiplier = self._multiplier[boundary]
@@ -154,20 +158,21 @@ class BoundaryEngine:
     def refresh(self) -> None:
         """Compute every missing boundary, running only the layers after the last valid one."""
         total = self.arch.num_layers()
+        if self.num_computed == 0:  # the embedding itself changed (a map folded before layer 0)
+            self._embed()
         todo = range(self.num_computed, total + 1)
         for boundary in tqdm(todo, desc=self.desc, disable=not self.progress or not todo, leave=False):
             previous = self.store.get(self._keys[boundary - 1], self.device)
-            outputs = []
-            cos = torch.zeros((), dtype=torch.float64)
+            outputs, cos = [], []
             with self.layers.layer(boundary - 1) as layer:
                 for b, batch in enumerate(self.batches):
                     h_in = self._state(boundary - 1, b, previous)
                     h_out = self._run(layer, boundary - 1, h_in, batch)
-                    cos += (1.0 - F.cosine_similarity(h_in.detach().float(), h_out.detach().float(), dim=-1)).sum(dtype=torch.float64).cpu()
+                    cos.append(_cos_distance_sums(h_in, h_out))
                     outputs.append(h_out)
             del previous
             self._append_boundary(outputs)
-            self._cos_sum[(1, boundary - 1)] = cos
+            self._cos_sum[(1, boundary - 1)] = torch.cat(cos)
 
     def _ensure_cos(self, n: int) -> None:
         """Cosine distances between boundaries n apart, from stored states (no layer calls)."""
@@ -175,30 +180,30 @@ class BoundaryEngine:
             if (n, start) in self._cos_sum:
                 continue
             first, last = self.store.get(self._keys[start], self.device), self.store.get(self._keys[start + n], self.device)
-            total = torch.zeros((), dtype=torch.float64)
-            for b in range(len(self.batches)):
-                a = self._state(start, b, first).float()
-                z = self._state(start + n, b, last).float()
-                total += (1.0 - F.cosine_similarity(a, z, dim=-1)).sum(dtype=torch.float64).cpu()
-            self._cos_sum[(n, start)] = total
+            self._cos_sum[(n, start)] = torch.cat(
+                [_cos_distance_sums(self._state(start, b, first), self._state(start + n, b, last)) for b in range(len(self.batches))]
+            )
 
     # ------------------------------------------------------------------ what the loop asks for
-    def stats(self, block_sizes: tuple[int, ...] = (1,), per_window: bool = False) -> HiddenStats:
-        """HiddenStats of the current model, equal (up to float rounding) to capture_stats'."""
+    def stats(self, block_sizes: tuple[int, ...] = (1,), per_window: bool = False, windows: int | None = None) -> HiddenStats:
+        """HiddenStats of the current model over the first `windows` windows (all by default), equal
+        (up to float rounding) to capture_stats' on those windows."""
         self.refresh()
         total = self.arch.num_layers()
         for n in set(block_sizes):
             self._ensure_cos(n)
-        tokens = self.num_tokens
-        extra = {"window_channel_mean_abs": torch.stack(self._window_means, dim=1)} if per_window else {}
+        count = self.num_windows if windows is None else windows
+        tokens = count * self.seqlen
+        abs_sums = torch.stack([a[:count] for a in self._abs_sum], dim=1)  # [windows, L + 1, hidden]
+        extra = {"window_channel_mean_abs": (abs_sums / self.seqlen).float()} if per_window else {}
         return HiddenStats(
-            channel_mean_abs=torch.stack(self._abs_sum) / tokens,
+            channel_mean_abs=abs_sums.sum(dim=0) / tokens,
             cos_distance={
-                n: torch.stack([self._cos_sum[(n, start)] for start in range(total + 1 - n)]) / tokens
+                n: torch.stack([self._cos_sum[(n, start)][:count].sum() for start in range(total + 1 - n)]) / tokens
                 for n in sorted(set(block_sizes))
             },
             num_tokens=tokens,
-            token_rms=torch.stack(self._rms_sum) / tokens,
+            token_rms=torch.stack([r[:count].sum() for r in self._rms_sum]) / tokens,
             **extra,
         )
 
@@ -260,10 +265,10 @@ class BoundaryEngine:
             self._multiplier[boundary] *= scale
             self._abs_sum[boundary] = self._abs_sum[boundary] * scale
             self._rms_sum[boundary] = self._rms_sum[boundary] * scale
-            self._window_means[boundary] = self._window_means[boundary] * scale
+        start = max(start, -1)  # -1: h_0 changed too
         for key in self._keys[start + 1 :]:
             self.store.drop(key)
-        for series in (self._keys, self._multiplier, self._abs_sum, self._rms_sum, self._window_means):
+        for series in (self._keys, self._multiplier, self._abs_sum, self._rms_sum):
             del series[start + 1 :]
         self._cos_sum = {(n, s): v for (n, s), v in self._cos_sum.items() if s + n <= start}
         del self.kept[start : start + size]

@@ -44,11 +44,20 @@ def available_memory() -> int | None:
     return None
 
 
+def is_prefix(windows: torch.Tensor, superset: torch.Tensor) -> bool:
+    """True when `windows` are the first windows of `superset` (same length, same tokens)."""
+    return (windows.dim() == superset.dim() == 2 and windows.shape[1] == superset.shape[1]
+            and windows.shape[0] <= superset.shape[0] and torch.equal(windows, superset[: windows.shape[0]]))
+
+
 class EngineSession:
     """Statistics and PPL losses for the loop's current model, kept in step with its rounds."""
 
     def __init__(self, arch: ResolvedArch, engine: str = "auto", batch_size: int = 1, progress: bool = False,
-                 max_memory: str | int | None = None, metric: str | None = None, spill_dir: str | None = None):
+                 max_memory: str | int | None = None, metric: str | None = None, spill_dir: str | None = None,
+                 superset: torch.Tensor | None = None):
+        """`superset`: windows of which other requested sets may be prefixes (the scale windows, whose
+        first windows are the scoring ones): statistics of a prefix then come from its engine."""
         if engine not in ENGINES:
             raise EngineError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         self.arch = arch
@@ -71,6 +80,7 @@ class EngineSession:
         self.plan: MemoryPlan | None = None
         self._engines: dict[int, tuple[torch.Tensor, BoundaryEngine]] = {}
         self._memory_cost = Cost()
+        self.superset = superset
 
     # ------------------------------------------------------------------ planning
     def _open_store(self, windows: torch.Tensor, hidden_dtype: torch.dtype) -> BoundaryStore:
@@ -115,6 +125,9 @@ class EngineSession:
             self._memory_cost.token_layer_evals += windows.numel() * self.arch.num_layers()
             self._memory_cost.layer_calls += -(-windows.shape[0] // self.batch_size) * self.arch.num_layers()
             return capture_stats(self.arch, windows, block_sizes, self.batch_size, self.progress, desc=desc, **extra)
+        if self.superset is not None and windows is not self.superset and is_prefix(windows, self.superset):
+            engine = self._engine(self.superset, desc)
+            return engine.stats(block_sizes, per_window=per_window, windows=windows.shape[0])
         return self._engine(windows, desc).stats(block_sizes, per_window=per_window)
 
     def skip_losses(self, windows: torch.Tensor) -> torch.Tensor | None:
