@@ -324,3 +324,29 @@ def test_api_config_errors_are_value_errors():
         PruneConfig(num_layers=0)
     with pytest.raises(UnknownMetric, match="choose from"):
         PruneConfig(metric="nope")
+
+
+# --- numerical guards (pure functions the loader and the prune loop call) -------------------------
+
+
+def test_numerical_guards():
+    from prunecomp import guards
+    from prunecomp.errors import NumericalError
+
+    guards.check_finite(torch.ones(3), "scores")
+    with pytest.raises(NumericalError, match=r"1 NaN in scores \(layer 4, round 2\)"):
+        guards.check_finite(torch.tensor([1.0, float("nan")]), "scores", layer=4, round_index=1)
+    assert guards.scale_warning(1.3) is None
+    assert "outside [0.1, 10]" in guards.scale_warning(12.0, layer=3, round_index=0)
+    with pytest.raises(NumericalError, match="finite positive"):
+        guards.scale_warning(float("inf"))
+    weight = torch.full((2, 2), 40000.0, dtype=torch.float16)
+    with pytest.raises(NumericalError, match="overflows float16"):
+        guards.scaled_in_float32(weight, 2.0, name="model.layers.0.mlp.down_proj.weight")
+    assert guards.scaled_in_float32(weight.to(torch.bfloat16), 2.0).dtype == torch.bfloat16
+    model = tiny_model("llama", layers=2)
+    guards.check_finite_weights(model)
+    with torch.no_grad():
+        model.model.norm.weight[0] = float("-inf")
+    with pytest.raises(NonFiniteWeights, match=r"model\.norm\.weight holds 1 Inf"):
+        guards.check_finite_weights(model)
