@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .spec import ArchSpec, ResolvedArch, UnsupportedArchitecture
+from .table import keep_sparse_layers_sparse, slice_max_window_layers
 
 WRITER_NAMES = frozenset(
     {"o_proj", "down_proj", "out_proj", "dense", "c_proj", "fc2", "dense_4h_to_h", "w2", "wo", "proj_out", "down_proj_bias"}
@@ -100,6 +101,16 @@ def _per_layer_keys(config, num_layers: int) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def _adjusters(config) -> tuple:
+    """The table's config rewrites whose keys this config has (Qwen-style window and MoE counters)."""
+    found = []
+    if isinstance(getattr(config, "max_window_layers", None), int):
+        found.append(slice_max_window_layers)
+    if hasattr(config, "mlp_only_layers") and hasattr(config, "decoder_sparse_step"):
+        found.append(keep_sparse_layers_sparse)
+    return tuple(found)
+
+
 def candidate_specs(model: nn.Module) -> tuple[list[ArchSpec], list[str]]:
     """Specs worth self-checking, most likely first, and the names nothing could classify."""
     model_type = getattr(model.config, "model_type", type(model).__name__)
@@ -135,6 +146,7 @@ def candidate_specs(model: nn.Module) -> tuple[list[ArchSpec], list[str]]:
         input_writers=positions,
         layer_linear_writers=tuple(f"{w}?" for w in writers),
         per_layer_config_keys=_per_layer_keys(model.config, len(layers)),
+        config_adjusters=_adjusters(model.config),
         notes="discovered and self-checked at load time",
     )
     candidates = []
