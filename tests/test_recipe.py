@@ -92,3 +92,15 @@ def test_check_applicable():
         check_applicable(recipe, "llama", 6, dtype="bfloat16")
     warnings = check_applicable(recipe, "llama", 6, fingerprint="0" * 32, force=True)
     assert len(warnings) == 1 and "weights differ" in warnings[0]
+
+
+def test_resume_checkpoints_may_hold_fewer_rounds_than_planned(tmp_path):
+    data = _recipe(num_layers_removed=4)
+    with pytest.raises(RecipeError, match="num_layers_removed is 4"):
+        Recipe.from_dict(data)
+    assert Recipe.from_dict(data, partial=True).removed_layers == [3, 4]
+    path = tmp_path / ".out.prunecomp-partial.json"
+    path.write_text(json.dumps(data))
+    assert Recipe.load(path).num_layers_removed == 4  # recognised by its name
+    with pytest.raises(RecipeError, match="num_layers_removed is 1"):
+        Recipe.from_dict(_recipe(num_layers_removed=1), partial=True)  # more removed than planned: never

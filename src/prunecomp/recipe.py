@@ -15,6 +15,7 @@ from .errors import RecipeError, RecipeMismatch
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 RECIPE_FILENAME = "prunecomp_recipe.json"
+PARTIAL_SUFFIX = ".prunecomp-partial.json"  # resume checkpoints: the rounds finished so far
 REQUIRED_KEYS = ("source_model", "model_type", "num_layers_original", "num_layers_removed", "rounds")
 
 
@@ -82,9 +83,12 @@ class Recipe:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict, origin: str = "recipe") -> "Recipe":
-        """Build a recipe from parsed JSON, refusing anything malformed with a message that names it."""
-        validate_recipe_dict(data, origin)
+    def from_dict(cls, data: dict, origin: str = "recipe", *, partial: bool = False) -> "Recipe":
+        """Build a recipe from parsed JSON, refusing anything malformed with a message that names it.
+
+        `partial`: a resume checkpoint, whose rounds may remove fewer layers than num_layers_removed.
+        """
+        validate_recipe_dict(data, origin, partial=partial)
         data = dict(data)
         data.pop("removed_layers", None)
         data["schema_version"] = SCHEMA_VERSION  # upgraded in memory; the new fields default to None
@@ -92,7 +96,9 @@ class Recipe:
         return cls(rounds=rounds, **data)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recipe":
+    def load(cls, path: str | Path, *, partial: bool | None = None) -> "Recipe":
+        """Read and validate a recipe file (or the recipe in a folder). `partial` defaults to True
+        for resume checkpoints (`*.prunecomp-partial.json`)."""
         path = Path(path)
         if path.is_dir():
             path = path / RECIPE_FILENAME
@@ -109,7 +115,9 @@ class Recipe:
         except json.JSONDecodeError as exc:
             raise RecipeError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                               f"a recipe is the {RECIPE_FILENAME} that prunecomp writes") from None
-        return cls.from_dict(data, str(path))
+        if partial is None:
+            partial = path.name.endswith(PARTIAL_SUFFIX)
+        return cls.from_dict(data, str(path), partial=partial)
 
 
 _ROUND_KEYS = {f for f in Round.__dataclass_fields__}
@@ -120,7 +128,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate_recipe_dict(data, origin: str = "recipe") -> None:
+def validate_recipe_dict(data, origin: str = "recipe", *, partial: bool = False) -> None:
     """Raise RecipeError naming the first problem in a parsed recipe; return None when it is sound."""
     if not isinstance(data, dict):
         raise RecipeError(f"{origin}: expected a JSON object, found a {type(data).__name__}")
@@ -144,7 +152,8 @@ def validate_recipe_dict(data, origin: str = "recipe") -> None:
     for number, step in enumerate(rounds, 1):
         _validate_round(step, number, total, seen, origin)
     removed = data["num_layers_removed"]
-    if removed != len(seen):
+    consistent = _is_int(removed) and (removed >= len(seen) if partial else removed == len(seen))
+    if not consistent:
         raise RecipeError(f"{origin}: num_layers_removed is {removed!r} but the rounds remove {len(seen)} layers")
     if len(seen) >= total:
         raise RecipeError(f"{origin}: the rounds remove all {total} layers")
