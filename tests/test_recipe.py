@@ -66,7 +66,7 @@ def _without(key):
 )
 def test_malformed_recipes_are_refused(data, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        Recipe.from_dict(data)
+        Recipe.from_dict(data, partial=False)
 
 
 def test_unreadable_files(tmp_path):
@@ -97,10 +97,13 @@ def test_check_applicable():
 def test_resume_checkpoints_may_hold_fewer_rounds_than_planned(tmp_path):
     data = _recipe(num_layers_removed=4)
     with pytest.raises(RecipeError, match="num_layers_removed is 4"):
-        Recipe.from_dict(data)
-    assert Recipe.from_dict(data, partial=True).removed_layers == [3, 4]
+        Recipe.from_dict(data, partial=False)
+    assert Recipe.from_dict(data).removed_layers == [3, 4]
     path = tmp_path / ".out.prunecomp-partial.json"
     path.write_text(json.dumps(data))
     assert Recipe.load(path).num_layers_removed == 4  # recognised by its name
+    (tmp_path / RECIPE_FILENAME).write_text(json.dumps(data))
+    with pytest.raises(RecipeError, match="num_layers_removed is 4"):
+        Recipe.load(tmp_path)  # a finished recipe must be consistent
     with pytest.raises(RecipeError, match="num_layers_removed is 1"):
         Recipe.from_dict(_recipe(num_layers_removed=1), partial=True)  # more removed than planned: never

@@ -83,10 +83,11 @@ class Recipe:
         Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict, origin: str = "recipe", *, partial: bool = False) -> "Recipe":
+    def from_dict(cls, data: dict, origin: str = "recipe", *, partial: bool = True) -> "Recipe":
         """Build a recipe from parsed JSON, refusing anything malformed with a message that names it.
 
-        `partial`: a resume checkpoint, whose rounds may remove fewer layers than num_layers_removed.
+        `partial` (the default here, for in-memory round trips of a run in progress): the rounds may
+        remove fewer layers than num_layers_removed. `load` is strict for finished recipes.
         """
         validate_recipe_dict(data, origin, partial=partial)
         data = dict(data)
