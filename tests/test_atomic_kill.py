@@ -150,12 +150,20 @@ def test_sigkill_at_random_moments_never_leaves_a_half_written_output(tiny_model
     assert outcomes["absent"] + outcomes["complete"] == TRIALS
 
 
-def test_sigterm_during_the_save_cleans_up(tiny_model_dir, sample_text_file, tmp_path):
+@pytest.mark.parametrize("moment", ["compute", "save"])
+def test_sigterm_cleans_up(moment, tiny_model_dir, sample_text_file, tmp_path):
     out = tmp_path / "out"
     process = Forked(_cli_args(tiny_model_dir, sample_text_file, out))
-    if not _wait_for_staging(out, process, timeout=300):
+    if moment == "compute":  # the output is locked at once; wait for the lock, then terminate mid-run
+        deadline = time.monotonic() + 300
+        while not locking.lock_path(out).exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.1)
+        if process.poll() is not None:
+            pytest.skip("the run finished before it could be terminated")
+    elif not _wait_for_staging(out, process, timeout=300):
         process.wait(timeout=60)
         pytest.skip("the run finished before the staging folder was seen (machine too fast to catch it)")
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 130  # handled like Ctrl-C
+    assert process.wait(timeout=60) == 143  # 128 + SIGTERM, after the same cleanup as Ctrl-C
     assert not out.exists() and not _leftovers(out), sorted(p.name for p in tmp_path.iterdir())

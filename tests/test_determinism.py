@@ -38,13 +38,17 @@ def test_two_fresh_processes_write_the_same_bytes(metric, tiny_model_dir, sample
     assert _recipe_without_timestamp(outs[0]) == _recipe_without_timestamp(outs[1])
 
 
-def test_a_bfloat16_prune_replays_byte_identically_only_in_bfloat16(tiny_model_dir, sample_text_file, tmp_path, capsys):
+def test_a_bfloat16_prune_replays_byte_identically(tiny_model_dir, sample_text_file, tmp_path, capsys):
     made = tmp_path / "made"
     assert main(_prune_args(tiny_model_dir, sample_text_file, made, "--dtype", "bfloat16")) == 0
     assert json.loads((made / "prunecomp_recipe.json").read_text())["dtype"] == "bfloat16"
-    capsys.readouterr()
-    assert main(["apply", str(tiny_model_dir), "--recipe", str(made), "--out", str(tmp_path / "f32")]) == 2
-    assert "pass --dtype bfloat16" in capsys.readouterr().err
-    assert not (tmp_path / "f32").exists()
-    assert main(["apply", str(tiny_model_dir), "--recipe", str(made), "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    # without --dtype, apply replays in the recipe's dtype
+    assert main(["apply", str(tiny_model_dir), "--recipe", str(made), "--out", str(tmp_path / "bf16")]) == 0
     assert (tmp_path / "bf16" / "model.safetensors").read_bytes() == (made / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    # another dtype is refused, unless forced (and then recorded)
+    assert main(["apply", str(tiny_model_dir), "--recipe", str(made), "--out", str(tmp_path / "f32"), "--dtype", "float32"]) == 2
+    assert "pass --dtype bfloat16" in capsys.readouterr().err and not (tmp_path / "f32").exists()
+    assert main(["apply", str(tiny_model_dir), "--recipe", str(made), "--out", str(tmp_path / "f32"), "--dtype", "float32",
+                 "--force"]) == 0
+    assert any("forced replay" in w for w in json.loads((tmp_path / "f32" / "prunecomp_recipe.json").read_text())["warnings"])

