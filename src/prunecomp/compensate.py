@@ -86,6 +86,9 @@ def check_scale(scale: float) -> None:
 @torch.no_grad()
 def _scale_(tensor: torch.Tensor, factor: float, offset: float = 0.0) -> None:
     """tensor <- (offset + tensor) * factor - offset, computed in float32."""
+    if offset == 0.0 and tensor.dtype == torch.float32:  # same result, no embedding-sized temporaries
+        tensor.mul_(factor)
+        return
     value = (tensor.float() + offset) * factor - offset
     tensor.copy_(value.to(tensor.dtype))
 

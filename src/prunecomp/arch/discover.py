@@ -150,9 +150,12 @@ def candidate_specs(model: nn.Module) -> tuple[list[ArchSpec], list[str]]:
         notes="discovered and self-checked at load time",
     )
     candidates = []
-    for size in (0, 2, 1, 3):
+    # Pre-norms named pre_* (Gemma's pre_feedforward_layernorm) mean the post_* norms are writers:
+    # try those groups first; otherwise the linear writers are the likely answer.
+    norms_first = any(name.rpartition(".")[2].startswith("pre_") for name, m in layers[0].named_modules() if _is_norm(m))
+    for size in (2, 0, 1, 3) if norms_first else (0, 2, 1, 3):
         for group in itertools.combinations(post_norms, size):
-            for offset in (0.0, 1.0) if group else (0.0,):
+            for offset in (1.0, 0.0) if group and norms_first else (0.0, 1.0) if group else (0.0,):
                 linear = () if group else base_spec.layer_linear_writers
                 candidates.append(replace(base_spec, layer_linear_writers=linear,
                                           layer_norm_writers=tuple(f"{n}?" for n in group), norm_offset=offset))
