@@ -1,9 +1,9 @@
 """The bad-input matrix: every row is one line naming the problem, exit code 2, no traceback,
 and nothing written (no output folder, no hidden temporary folder or lock left behind).
 
-Rows run through `prunecomp.cli.main` in-process; `locking.release_all()` after each call stands
-in for process exit (it is registered with atexit), and `test_a_failed_run_in_a_real_process_leaves_nothing`
-checks the real thing in a subprocess. The API table checks the typed exceptions.
+Rows run through `prunecomp.cli.main` in-process (main releases its output lock on any exit), and
+`test_a_failed_run_in_a_real_process_leaves_nothing` checks a real process. The API table checks
+the typed exceptions.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from prunecomp import locking
 from prunecomp.cli import build_parser, main
 from prunecomp.errors import ModelLoadError, NonFiniteWeights, OutputError, OutputLocked, RecipeError, RecipeMismatch
 from tiny import SAMPLE_TEXT, tiny_model, tiny_tokenizer
@@ -236,8 +235,6 @@ def test_bad_input_matrix(row, argv, expected, tiny_model_dir, sample_text_file,
         code = main([fill(a) for a in argv])
     except SystemExit as exc:  # argparse's own usage errors
         code = exc.code
-    finally:
-        locking.release_all()  # what process exit does (atexit)
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if "error:" in line]
     assert code == 2, captured
@@ -336,6 +333,8 @@ def test_numerical_guards():
     guards.check_finite(torch.ones(3), "scores")
     with pytest.raises(NumericalError, match=r"1 NaN in scores \(layer 4, round 2\)"):
         guards.check_finite(torch.tensor([1.0, float("nan")]), "scores", layer=4, round_index=1)
+    with pytest.raises(NumericalError, match=r"1 Inf in scores \(current layer 2, round 1\)"):
+        guards.check_finite(torch.tensor([1.0, 2.0, float("inf")]), "scores", round_index=0)
     assert guards.scale_warning(1.3) is None
     assert "outside [0.1, 10]" in guards.scale_warning(12.0, layer=3, round_index=0)
     with pytest.raises(NumericalError, match="finite positive"):
@@ -350,3 +349,30 @@ def test_numerical_guards():
         model.model.norm.weight[0] = float("-inf")
     with pytest.raises(NonFiniteWeights, match=r"model\.norm\.weight holds 1 Inf"):
         guards.check_finite_weights(model)
+
+
+def test_nonfinite_activations_stop_the_run_naming_the_round():
+    from prunecomp import PruneConfig, prune
+    from prunecomp.errors import NumericalError
+    from tiny import random_windows
+
+    model = tiny_model("llama", layers=6)
+    with torch.no_grad():  # finite weights whose activations overflow float32
+        model.model.layers[3].mlp.down_proj.weight.fill_(3e38)
+    with pytest.raises(NumericalError, match=r"in the bi scores \(current layer \d, round 1\)"):
+        prune(model, None, PruneConfig(metric="bi", num_layers=2), random_windows(2, 16))
+
+
+def test_a_scale_outside_the_sane_range_is_a_warning_in_the_recipe():
+    from prunecomp import PruneConfig, prune
+    from tiny import random_windows
+
+    if "remove" not in PruneConfig.__dataclass_fields__:
+        pytest.skip("this prunecomp has no explicit removal")
+    model = tiny_model("llama", layers=6)
+    with torch.no_grad():  # layer 2 multiplies the residual stream's magnitude by far more than 10
+        for writer in (model.model.layers[2].self_attn.o_proj, model.model.layers[2].mlp.down_proj):
+            writer.weight.mul_(400.0)
+    result = prune(model, None, PruneConfig(remove=(2,)), random_windows(2, 16))
+    scale = result.recipe.rounds[0].scale
+    assert scale > 10 and any("outside [0.1, 10]" in w and "layer 2" in w for w in result.recipe.warnings), (scale, result.recipe.warnings)

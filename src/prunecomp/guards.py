@@ -19,7 +19,7 @@ SANE_SCALE_RANGE = (0.1, 10.0)
 
 def _nonfinite_counts(tensor: torch.Tensor) -> tuple[int, int]:
     """(number of NaN, number of +-Inf) entries; zero for integer tensors."""
-    if not (tensor.is_floating_point() or tensor.is_complex()):
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.is_meta:  # meta: layers still on disk
         return 0, 0
     if bool(torch.isfinite(tensor).all()):  # the common case: one reduction, no counting
         return 0, 0
@@ -53,14 +53,22 @@ def check_finite_weights(model: torch.nn.Module, where: str = "the model") -> No
 
 
 def check_finite(tensor: torch.Tensor, what: str, *, layer: int | None = None, round_index: int | None = None) -> None:
-    """Raise NumericalError when `tensor` (activations, scores, ...) holds NaN or Inf."""
+    """Raise NumericalError when `tensor` (activations, scores, ...) holds NaN or Inf.
+
+    For a 1-D tensor of per-layer values (scores) without `layer`, the first bad entry's position
+    is named as the layer (an index into the current, partly pruned model).
+    """
     nan, inf = _nonfinite_counts(tensor.detach())
     if nan or inf:
-        raise NumericalError(f"{_describe(nan, inf)} in {what}{_where(layer, round_index)}; stopping before it is saved")
+        label = "layer"
+        if layer is None and tensor.dim() == 1:
+            layer, label = int((~torch.isfinite(tensor)).nonzero()[0]), "current layer"
+        raise NumericalError(f"{_describe(nan, inf)} in {what}{_where(layer, round_index, label)}; "
+                             "stopping before anything is saved")
 
 
-def _where(layer: int | None, round_index: int | None) -> str:
-    parts = [f"layer {layer}" if layer is not None else "", f"round {round_index + 1}" if round_index is not None else ""]
+def _where(layer: int | None, round_index: int | None, label: str = "layer") -> str:
+    parts = [f"{label} {layer}" if layer is not None else "", f"round {round_index + 1}" if round_index is not None else ""]
     text = ", ".join(p for p in parts if p)
     return f" ({text})" if text else ""
 

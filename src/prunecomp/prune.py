@@ -21,6 +21,7 @@ from .linear_comp import MAPS_FILENAME, CutMap, compensated_choice, cut_map_from
 from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
 from .surgery import remove_layers
+from . import guards
 
 NOTE_LAST = "block ends at the last layer: the final norm is scale-invariant, so no compensation is needed"
 NOTE_DISABLED = "compensation disabled (--no-comp)"
@@ -128,6 +129,7 @@ def _score_round(session: EngineSession, metric: Metric, config: PruneConfig, ca
     gradients = _float32_weights(arch.model) if config.float32_gradients and metric.name == "taylor" else nullcontext()
     with gradients:
         scores = metric.score(ctx).double().cpu()
+    guards.check_finite(scores, f"the {metric.name} scores", round_index=round_index)  # NaN activations surface here
     return scores, _masked_scores(scores, arch.num_layers(), block, config.barrier()), stats
 
 
@@ -229,7 +231,11 @@ def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, cal
         if fitted is not None:  # folded into layer start - 1 before the scale (they commute) and the removal
             fold_cut_map(arch, fitted)
             maps[len(recipe.rounds) - 1] = fitted
+        warning = guards.scale_warning(scale, layer=kept[start], round_index=len(recipe.rounds) - 1)
+        if warning:
+            recipe.warnings.append(warning)
         apply_round(arch, kept, start, size, scale)
+        guards.check_finite_weights(arch.model, where=f"after the fold of round {len(recipe.rounds)}, the model")
         session.after_round(start, size, scale)  # the engine's cached states follow the model
         if fitted is not None:
             session.after_round(start - 1, 0, 1.0)  # the map changed h_start: the engine recomputes it
