@@ -68,11 +68,11 @@ def _csv_ints(value: str | None) -> tuple[int, ...] | None:
         raise CliError(f"--remove takes comma-separated layer indices, e.g. 25,26,27; got {value!r}") from None
 
 
-def calib_config(args):
-    """CalibConfig from the calibration flags (None: the default)."""
-    from .config import CalibConfig
+def calib_config(args, paper_defaults: bool = False):
+    """CalibConfig from the calibration flags (None: the default, or the paper's sizes)."""
+    from .config import CalibConfig, PruneConfig
 
-    d = CalibConfig()
+    d = PruneConfig.paper().calib if paper_defaults else CalibConfig()
     return CalibConfig(source=args.calib, num_windows=args.calib_windows or d.num_windows, seqlen=args.seqlen or d.seqlen,
                        seed=args.seed, scale_windows=args.scale_windows, allow_substitute=args.allow_substitute)
 
@@ -161,7 +161,13 @@ def cmd_prune(args) -> int:
     lazy = wants_lazy_load(args.model, config.engine, parse_memory(config.max_memory))  # layers stay on disk
     model, tokenizer, source = (open_layerwise(args.model, args.dtype, args.device) if lazy
                                 else load_model(args.model, args.dtype, args.device, **_safety(args)))
-    result = prune(model, tokenizer, config, source_model=source.name, progress=not args.quiet)
+    checkpoint = resume = None
+    if args.out:
+        checkpoint = checkpoint_path(args.out)
+        resume = _load_checkpoint(checkpoint, args.resume, args.quiet)
+    save_round = (lambda recipe: _write_checkpoint(recipe, checkpoint)) if checkpoint else None
+    result = prune(model, tokenizer, config, source_model=source.name, progress=not args.quiet, resume=resume,
+                   on_round=save_round)
     out = None
     if args.out:
         save = save_layerwise if lazy else save_pruned
@@ -171,8 +177,39 @@ def cmd_prune(args) -> int:
             from .linear_comp import MAPS_FILENAME, save_maps
 
             save_maps(result.maps, Path(out) / MAPS_FILENAME)
+        checkpoint.unlink(missing_ok=True)  # the finished output supersedes it
     print(_summary(result, out, time.perf_counter() - started))
     return 0
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where an iterative run keeps its recipe-so-far: a hidden file beside the output folder."""
+    out = Path(out).expanduser().resolve()
+    return out.parent / f".{out.name}.prunecomp-partial.json"
+
+
+def _write_checkpoint(recipe, path: Path) -> None:
+    """Atomically: a kill mid-write leaves the previous checkpoint, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
+    recipe.save(tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, resume: bool, quiet: bool):
+    from .recipe import Recipe
+
+    if not path.exists():
+        if resume and not quiet:
+            print(f"prunecomp: no checkpoint at {path}; starting from the first round", file=sys.stderr)
+        return None
+    if not resume:
+        print(f"prunecomp: {path} holds an interrupted run's rounds; it is replaced (pass --resume to continue it)",
+              file=sys.stderr)
+        return None
+    partial = Recipe.load(path)
+    if not quiet:
+        print(f"prunecomp: resuming after round {len(partial.rounds)} (removed {partial.removed_layers})", file=sys.stderr)
+    return partial
 
 
 def cmd_apply(args) -> int:
@@ -262,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ratio averaged per window, as the official code does), token_rms, auto (per architecture: "
                         "channel_mean for Llama-style, token_rms for Gemma-2/3; channel_mean_windows under --preset paper)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted iterative run from its last finished round (its checkpoint beside --out)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--engine", default="auto", choices=["auto", "memory", "layerwise"],
                    help="layerwise: cached boundary states, one decoder layer at a time, only the layers after a cut "

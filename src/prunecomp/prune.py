@@ -6,7 +6,8 @@ import math
 import sys
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -162,11 +163,15 @@ def prune(
     *,
     source_model: str | None = None,
     progress: bool = False,
+    resume: Recipe | None = None,
+    on_round: Callable[[Recipe], None] | None = None,
 ) -> PruneResult:
     """Remove `config.num_layers` decoder layers from `model` in place and return it with its recipe.
 
     `calibration` is a LongTensor of token windows [n, seqlen] (scoring and scale alike) or a
     CalibrationSets; when omitted, windows are drawn from `config.calib` (and `config.score_calib`).
+    `on_round(recipe)` is called after every iterative round (checkpointing); `resume` is such a
+    partial recipe of the same run: its rounds are replayed (not re-scored) and the run goes on.
     """
     started = time.perf_counter()
     arch = resolve(model)
@@ -204,11 +209,13 @@ def prune(
     kept = list(range(total))
     if config.comp_method.linear and is_skeleton(arch):
         raise ConfigError(f"comp {config.comp!r} fits its maps on a model held in memory; load it in memory (--engine memory)")
+    if resume is not None:
+        _replay_partial(arch, kept, recipe, resume, config)
     session = EngineSession(arch, config.engine, config.batch_size, progress, config.max_memory, metric.name,
                             superset=calibration.scale)  # scoring windows that are a prefix of the scale's share its engine
     maps: dict[int, CutMap] = {}
     try:
-        dense_stats = _run_rounds(session, metric, config, calibration, estimator, recipe, kept, progress, maps)
+        dense_stats = _run_rounds(session, metric, config, calibration, estimator, recipe, kept, progress, maps, on_round)
     finally:
         session.close()
     if maps:
@@ -218,7 +225,8 @@ def prune(
 
 
 def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, calibration: CalibrationSets, estimator: str,
-                recipe: Recipe, kept: list[int], progress: bool, maps: dict[int, CutMap]) -> HiddenStats | None:
+                recipe: Recipe, kept: list[int], progress: bool, maps: dict[int, CutMap],
+                on_round: Callable[[Recipe], None] | None = None) -> HiddenStats | None:
     """The rounds of one run; returns the dense model's statistics when they were gathered."""
     arch = session.arch
     total = arch.num_layers()
@@ -266,8 +274,10 @@ def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, cal
             recipe.rounds.append(_round(original_kept[start : start + size], scale, note, original_kept, masked, scores))
             cut(start, size, scale)
     else:  # iterative: re-score after every removal
-        writer_scales = [1.0] * total  # compensation folded so far into each current layer's writers
-        for round_index in tqdm(range(k), desc=f"pruning ({metric.name})", disable=not progress):
+        # compensation folded so far into each current layer's writers (by earlier, resumed rounds too)
+        writer_scales = [math.prod(r.scale for r in recipe.rounds if min(r.removed) > j) for j in kept]
+        for round_index in tqdm(range(len(recipe.rounds), k), desc=f"pruning ({metric.name})", disable=not progress,
+                                initial=len(recipe.rounds), total=k):
             scores, masked, stats = _score_round(session, metric, config, calibration, estimator, round_index, 1, progress,
                                                  writer_scales)
             scale_stats = _scale_stats(session, calibration, 1, config, estimator, progress,
@@ -285,7 +295,33 @@ def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, cal
             recipe.rounds.append(_round([kept[start]], scale, note, kept, masked, scores))
             cut(start, 1, scale)
             writer_scales = [w * scale for w in writer_scales[:start]] + writer_scales[start + 1 :]
+            if on_round is not None:  # a consistent recipe of the rounds so far
+                on_round(replace(recipe, rounds=list(recipe.rounds), num_layers_removed=len(recipe.removed_layers)))
     return dense_stats
+
+
+# What must agree between a partial recipe and the run that resumes it.
+RESUME_KEYS = ("model_type", "num_layers_original", "metric", "mode", "compensate", "estimator", "seed")
+
+
+def _replay_partial(arch: ResolvedArch, kept: list[int], recipe: Recipe, partial: Recipe, config: PruneConfig) -> None:
+    """Replay the finished rounds of an interrupted iterative run of the same configuration."""
+    if config.mode != "iterative":
+        raise ConfigError(f"only iterative runs checkpoint rounds; this run is {config.mode}")
+    if config.comp_method.linear:
+        raise ConfigError("resume replays scalar compensation only; rerun --comp linear from the start")
+    mismatched = [key for key in RESUME_KEYS if getattr(partial, key) != getattr(recipe, key)]
+    if partial.calibration != recipe.calibration:
+        mismatched.append("calibration")
+    if mismatched:
+        raise ConfigError(f"the checkpoint is from a different run ({', '.join(mismatched)} differ); "
+                          "delete it or rerun with the same settings")
+    if len(partial.rounds) >= config.num_layers:
+        raise ConfigError("the checkpoint already has every round; nothing to resume")
+    for step in partial.rounds:
+        start = kept.index(step.removed[0])
+        apply_round(arch, kept, start, len(step.removed), step.scale)
+        recipe.rounds.append(step)
 
 
 def _protocol(config: PruneConfig) -> dict:
