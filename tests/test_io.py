@@ -157,3 +157,30 @@ def test_replay_on_another_checkpoint_is_refused_unless_forced(tmp_path):
     forced = Recipe.load(save_pruned(other, tokenizer, recipe, tmp_path / "replay", source=other_source, force=True))
     assert forced.source_model == other_source.name and forced.source_fingerprint == other_source.fingerprint
     assert any("forced replay" in w for w in forced.warnings)
+
+
+def test_an_unreachable_hub_fails_in_one_line_without_retries(monkeypatch, capfd):
+    import time
+
+    from huggingface_hub import constants
+
+    from prunecomp.io import LoadError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    started = time.monotonic()
+    with pytest.raises(LoadError, match="cannot reach the Hugging Face hub .* not a local folder or cached"):
+        load_model("someorg/not-cached-anywhere")
+    assert time.monotonic() - started < 30
+    assert "Retrying" not in capfd.readouterr().err
+
+
+def test_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
+    from prunecomp.io import LoadError
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("./missing", "../missing", "/no/such/model", "~/no-such-model", "a/b/c", "bad name"):
+        with pytest.raises(LoadError, match="no such model folder"):
+            resolve_source(name)
+    for name in ("org/model", "gpt2", "org/model-1.5B_v2"):
+        assert resolve_source(name).path == name  # left to the hub
