@@ -17,12 +17,13 @@ from torch import nn
 
 from ..arch import ResolvedArch, resolve
 from ..compensate import fold_tensors_
+from ..errors import ModelLoadError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ModelLoadError):
     pass
 
 

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import torch
 
+from ..errors import PrunecompError
+
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-class MemoryBudgetError(ValueError):
+class MemoryBudgetError(PrunecompError, ValueError):
     pass
 
 

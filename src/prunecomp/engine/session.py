@@ -15,6 +15,7 @@ import torch
 
 from ..arch import ResolvedArch
 from ..calib.capture import HiddenStats, capture_stats
+from ..errors import PrunecompError
 from .boundaries import BoundaryEngine, Cost
 from .forward import module_device
 from .layerwise import ResidentLayers, ShardLayers, resident_bytes
@@ -24,7 +25,7 @@ ENGINES = ("auto", "memory", "layerwise")
 WEIGHT_METRICS = ("taylor", "mag")  # read the layers' weights directly, so need them in memory
 
 
-class EngineError(ValueError):
+class EngineError(PrunecompError, ValueError):
     pass
 
 
