@@ -60,6 +60,8 @@ CONFIGS = {
                                          layer_norm_epsilon=eps, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
     "opt": lambda n, eps: ("opt", dict(SIZES, hidden_size=32, ffn_dim=64, num_attention_heads=4, num_hidden_layers=n,
                                        word_embed_proj_dim=32)),
+    "opt_projected": lambda n, eps: ("opt", dict(SIZES, hidden_size=32, ffn_dim=64, num_attention_heads=4,
+                                                 num_hidden_layers=n, word_embed_proj_dim=16)),
     "mixtral": _rms("mixtral", num_local_experts=4, num_experts_per_tok=2),
     "qwen2_moe": _rms("qwen2_moe", num_experts=4, shared_expert_intermediate_size=48, mlp_only_layers=[1], **MOE),
     "qwen3_moe": _rms("qwen3_moe", num_experts=4, decoder_sparse_step=2, **MOE),

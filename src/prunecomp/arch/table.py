@@ -177,7 +177,9 @@ SPECS: tuple[ArchSpec, ...] = (
         embedding="model.decoder.embed_tokens",
         final_norm="model.decoder.final_layer_norm",
         base_model="model.decoder",
-        input_writers=("model.decoder.embed_positions", "model.decoder.project_in?"),
+        # project_in (when word_embed_proj_dim != hidden_size) is linear without bias, so scaling the
+        # token embedding already scales its output; scaling it too would apply s twice.
+        input_writers=("model.decoder.embed_positions",),
         layer_linear_writers=("self_attn.out_proj", "fc2"),
         inexact_reason=_opt_inexact,
         notes="learned positions also write h_0; pre-LN only (OPT-350m's post-LN is refused)",
