@@ -102,3 +102,19 @@ def test_scoring_windows_that_prefix_the_scale_windows_share_one_engine():
     session.stats(scale[:2])
     session.stats(scale)
     assert session.cost.token_layer_evals == 6 * scale.numel()
+
+
+def test_auto_falls_back_to_whole_model_passes_when_the_cache_would_not_fit(monkeypatch, capsys):
+    from prunecomp.arch import resolve
+    from prunecomp.engine import session as session_module
+
+    monkeypatch.setattr(session_module, "available_memory", lambda: 1000)  # bytes: nothing fits
+    model = tiny_model("llama", layers=4)
+    windows = random_windows(2, 8)
+    session = session_module.EngineSession(resolve(model), "auto")
+    session.stats(windows)
+    assert session.kind == "memory" and "whole-model passes" in capsys.readouterr().err
+    monkeypatch.setattr(session_module, "available_memory", lambda: 10**12)
+    session = session_module.EngineSession(resolve(model), "auto")
+    session.stats(windows)
+    assert session.kind == "layerwise"

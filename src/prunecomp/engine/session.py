@@ -63,6 +63,8 @@ class EngineSession:
             raise EngineError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
         self.arch = arch
         self.kind = "memory" if engine == "memory" else "layerwise"
+        self._undecided = engine == "auto"  # auto settles on the first request, when the windows are known
+        self.metric = metric
         self.batch_size = batch_size
         self.progress = progress
         self.budget = parse_memory(max_memory)
@@ -119,8 +121,32 @@ class EngineSession:
         return entry[1]
 
     # ------------------------------------------------------------------ what the loop calls
+    def _decide(self, windows: torch.Tensor) -> None:
+        """engine auto with the model in memory: cache boundaries only when they fit comfortably in free
+        memory (a quarter of it); otherwise whole-model passes, which need no cache and no disk."""
+        if not self._undecided:
+            return
+        self._undecided = False
+        if self.lazy or self.budget is not None:
+            return
+        tokens = windows.numel()
+        if self.superset is not None and not is_prefix(windows, self.superset):
+            tokens += self.superset.numel()
+        elif self.superset is not None:
+            tokens = max(tokens, self.superset.numel())
+        weight = self.arch.embedding().weight
+        boundaries = (2 if self.metric == "ppl" else 1) * (self.arch.num_layers() + 1)  # PPL also keeps its chains
+        needed = boundaries * tokens * weight.shape[-1] * weight.element_size()
+        free = available_memory()
+        if free is not None and needed > free // 4:
+            self.kind = "memory"
+            print(f"prunecomp: engine auto: cached boundaries would need {human(needed)} (free memory {human(free)}); "
+                  "using whole-model passes (--engine layerwise --max-memory SIZE caches them with a disk spill)",
+                  file=sys.stderr)
+
     def stats(self, windows: torch.Tensor, block_sizes: tuple[int, ...] = (1,), *, desc: str = "calibration",
               per_window: bool = False) -> HiddenStats:
+        self._decide(windows)
         if self.kind == "memory":
             extra = {"per_window": True} if per_window else {}
             self._memory_cost.token_layer_evals += windows.numel() * self.arch.num_layers()
@@ -133,6 +159,7 @@ class EngineSession:
 
     def skip_losses(self, windows: torch.Tensor) -> torch.Tensor | None:
         """PPL-metric losses from cached boundaries, or None on the memory engine (the metric runs itself)."""
+        self._decide(windows)
         if self.kind == "memory":
             return None
         return self._engine(windows, "boundaries").skip_losses()
