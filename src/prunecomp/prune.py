@@ -175,6 +175,8 @@ def prune(
     """
     started = time.perf_counter()
     arch = resolve(model)
+    if config.compensate:
+        arch.require_exact_fold()  # a family whose fold is not exact is refused before any work
     metric = get_metric(config.metric)
     total = arch.num_layers()
     if config.num_layers >= total:

@@ -156,3 +156,18 @@ def test_taylor_is_nearly_unchanged_by_a_fold_without_correction():
     after = get_metric("taylor").score(ScoreContext(arch, windows, None, writer_scales=[1.5, 1.5, 1.5, 1.0, 1.0]))
     # layers before the fold keep their score within ~10% (a 1.5x raw-weight change would be 50%)
     assert torch.allclose(after[:3], before[:3], rtol=0.1)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "mixtral"])
+def test_weight_metrics_cover_conv1d_and_fused_experts(family):
+    """Mag+ and Taylor+ score every weight matrix: GPT-2's Conv1D and fused expert tensors too."""
+    from prunecomp.arch import resolve
+    from prunecomp.metrics import ScoreContext
+    from prunecomp.metrics.weights import magnitude, taylor
+    from tiny import random_windows, tiny_model
+
+    arch = resolve(tiny_model(family, layers=3))
+    expected = [sum(float(p.detach().abs().sum()) for _, p, _ in arch.weight_matrices(i)) for i in range(3)]
+    assert magnitude(ScoreContext(arch, None, None)).tolist() == pytest.approx(expected, rel=1e-6)
+    scores = taylor(ScoreContext(arch, random_windows(2, 8), None))
+    assert bool((scores > 0).all())

@@ -11,17 +11,15 @@ from .base import ScoreContext
 
 
 def _layer_linears(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float]]:
-    """(weight, divisor) for every nn.Linear weight of a layer.
+    """(weight, divisor) for every weight matrix of a layer.
 
     Residual writers carry the compensation scales folded into them so far; dividing by that
     product scores the layer as it was before the fold, so compensating an earlier cut does not
     make the layers before it look more important (otherwise iterative Mag+/Taylor+ drift towards
     removing ever deeper layers).
     """
-    layer = ctx.arch.layers()[index]
-    writers = {id(m) for m in ctx.arch.layer_writers(index)[0]}
-    scale = ctx.writer_scale(index)
-    return [(m.weight, scale if id(m) in writers else 1.0) for m in layer.modules() if isinstance(m, nn.Linear)]
+    scale = ctx.writer_scale(index)  # every weight matrix: Linear, GPT-2's Conv1D, fused 3-D experts
+    return [(p, scale if is_writer else 1.0) for _, p, is_writer in ctx.arch.weight_matrices(index)]
 
 
 def _layer_norms(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float, float]]:
