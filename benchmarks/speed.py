@@ -351,7 +351,7 @@ def main() -> None:
         return
     out = Path(args.out if not args.quick else tempfile.mkdtemp(prefix="prunecomp-speed-quick-"))
     out.mkdir(parents=True, exist_ok=True)
-    for part in args.parts.split(","):
+    for part in filter(None, args.parts.split(",")):  # --parts "" only assembles the table
         started = time.perf_counter()
         if part == "larger_than_memory":
             scratch = Path(tempfile.mkdtemp(prefix="prunecomp-speed-", dir=args.scratch))
