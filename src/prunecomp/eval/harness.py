@@ -298,7 +298,7 @@ def _packed_lm_class() -> type:
     """lm-eval's ``HFLM`` with log-likelihood requests scored by the packed scorer.
 
     Built lazily so that importing this module does not import lm-eval. The first call checks
-    the packed scores of a few requests against the plain one-request-per-forward scores; a
+    the packed scores of its first requests against plain one-request-per-row scores; a
     model whose attention ignores custom 4-D masks or explicit positions fails that check and
     is scored by lm-eval's own loop instead (with a warning).
     """
@@ -310,28 +310,30 @@ def _packed_lm_class() -> type:
         token_budget: int = DEFAULT_PACK_TOKENS
         packing_ok: bool | None = None  # None until the first log-likelihood call checked it
 
-        def _packing_works(self, pairs: list[tuple[list[int], list[int]]]) -> bool:
+        def _agrees_with_plain(self, pairs: list[tuple[list[int], list[int]]], packed: list[Any]) -> bool:
+            """Once per instance: the packed scores of the first requests equal the plain ones."""
             if self.packing_ok is None:
                 sample = pairs[:4]
-                try:
-                    packed = packed_continuation_scores(self.model, sample, self.token_budget, self.max_length)
-                    plain = plain_continuation_scores(self.model, sample, self.max_length)
-                    dtype = next(self.model.parameters()).dtype
-                    self.packing_ok = all(_scores_agree(a, b, dtype) for a, b in zip(packed, plain))
-                except (RuntimeError, ValueError, TypeError) as exc:
-                    log.warning("packed log-likelihood scoring failed (%s)", exc)
-                    self.packing_ok = False
+                plain = plain_continuation_scores(self.model, sample, self.max_length)
+                dtype = next(self.model.parameters()).dtype
+                self.packing_ok = all(_scores_agree(a, b, dtype) for a, b in zip(packed, plain))
                 if not self.packing_ok:
                     log.warning("packed scores differ from plain ones for this model; using lm-eval's loop")
             return self.packing_ok
 
         def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
             pairs = [(list(context), list(continuation)) for _, context, continuation in requests]
-            if self.backend != "causal" or not pairs or not self._packing_works(pairs):
+            scores = None
+            if self.backend == "causal" and pairs and self.packing_ok is not False:
+                try:
+                    scores = packed_continuation_scores(
+                        self.model, pairs, self.token_budget, self.max_length, progress=not disable_tqdm
+                    )
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    log.warning("packed log-likelihood scoring failed (%s); using lm-eval's loop", exc)
+                    self.packing_ok = False
+            if scores is None or not self._agrees_with_plain(pairs, scores):
                 return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-            scores = packed_continuation_scores(
-                self.model, pairs, self.token_budget, self.max_length, progress=not disable_tqdm
-            )
             answers = []
             for (key, _, _), score in zip(requests, scores):
                 answer = (score.logprob, score.is_greedy)
