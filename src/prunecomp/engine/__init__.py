@@ -10,12 +10,14 @@ from .boundaries import BoundaryEngine, Cost
 from .forward import capture_layer_inputs, head_logits
 from .layerwise import ResidentLayers, SafetensorsCheckpoint, ShardLayers, load_skeleton, resident_bytes
 from .memory import BoundaryStore, MemoryBudgetError, MemoryPlan, parse_memory, plan_memory
-
-ENGINES = ("memory", "layerwise", "auto")
+from .session import ENGINES, EngineError, EngineSession, is_skeleton
 
 __all__ = [
     "ENGINES",
     "BoundaryEngine",
+    "EngineError",
+    "EngineSession",
+    "is_skeleton",
     "BoundaryStore",
     "Cost",
     "MemoryBudgetError",
