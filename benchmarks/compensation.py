@@ -1,0 +1,147 @@
+"""Fused linear compensation vs the paper's scalar: the README's "Beyond the paper" section.
+
+    PRUNECOMP_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/compensation.py smollm2 \
+        --methods none,scalar,scalar+linear-rel [--metric bi] [--qa-limit 200] [--report]
+
+Every method prunes the same dense model with the same calibration windows (C4 documents from
+$PRUNECOMP_DATA/c4/c4-en-1000docs.json.gz) and is evaluated on different text: WikiText-2 test,
+the local C4 validation subset (Paloma's Guardian domain, not in the calibration file) and PTB
+test, plus zero-shot QA through lm-eval when --qa-limit is given. One JSON per (model, metric,
+method) goes to benchmarks/results/compensation/<model>/; finished ones are skipped, so runs
+resume. --report writes results.md from whatever is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from prunecomp.arch import resolve
+from prunecomp.config import CalibConfig, PruneConfig
+from prunecomp.eval.ppl import evaluate_perplexity
+from prunecomp.io import load_model
+from prunecomp.prune import calibration_windows, prune
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "benchmarks" / "results" / "compensation"
+QA_TASKS = ("arc_easy", "boolq", "copa", "piqa")
+PPL = ("wikitext2", "c4", "ptb")
+MODELS = {
+    "smollm2": dict(source="smollm2-135m", k=5, ppl_windows=16),
+    "gemma3": dict(source="gemma3-270m", k=3, ppl_windows=8),
+}
+
+
+def calib_file() -> str:
+    return str(Path(os.environ["PRUNECOMP_DATA"]) / "c4" / "c4-en-1000docs.json.gz")
+
+
+def evaluate(model, tokenizer, ppl_windows: int, qa_limit: int | None, batch_size: int) -> dict:
+    out = {"ppl": {}, "ppl_protocol": {}}
+    for name in PPL:
+        res = evaluate_perplexity(model, tokenizer, name, seqlen=512, max_windows=ppl_windows, batch_size=batch_size)
+        out["ppl"][name] = res.perplexity
+        out["ppl_protocol"][name] = res.protocol()
+    out["ppl_avg"] = sum(out["ppl"].values()) / len(PPL)
+    if qa_limit:
+        from prunecomp.eval.harness import run_harness
+
+        qa = run_harness(model, tokenizer, QA_TASKS, limit=qa_limit, batch_size=batch_size)
+        out["qa"] = {k: {"acc": v.acc, "stderr": v.acc_stderr, "n": v.n} for k, v in qa.tasks.items()}
+        out["qa_avg"] = qa.average
+        # the mean of independent task accuracies: SE = sqrt(sum se^2) / #tasks
+        out["qa_avg_stderr"] = math.sqrt(sum((v.acc_stderr or 0) ** 2 for v in qa.tasks.values())) / len(qa.tasks)
+    return out
+
+
+def run_one(name: str, metric: str, method: str, dense, tokenizer, windows, calib_info, args) -> dict:
+    path = OUT / name / f"{metric}-{method}.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if not args.qa_limit or "qa" in cached:
+            return cached
+    spec = MODELS[name]
+    model = copy.deepcopy(dense)
+    started = time.perf_counter()
+    if method == "dense":
+        record = {"method": "dense", "removed": [], "rounds": [], "prune_s": 0.0}
+    else:
+        comp, _, select = method.partition("@")  # "scalar+linear-rel@compensated": compensation-aware selection
+        config = PruneConfig(metric=metric, num_layers=spec["k"], batch_size=args.batch_size, comp=comp,
+                             select=select or "metric", select_top=args.select_top)
+        result = prune(model, tokenizer, config, windows)
+        comp_rounds = result.recipe.calibration.get("comp_rounds", {})
+        rounds = [{"removed": r.removed, "scale": r.scale, "map": comp_rounds.get(str(i))}
+                  for i, r in enumerate(result.recipe.rounds)]
+        record = {"method": method, "removed": result.recipe.removed_layers, "rounds": rounds, "prune_s": result.seconds}
+    record["params"] = resolve(model).parameter_count()
+    record |= evaluate(model, tokenizer, spec["ppl_windows"], args.qa_limit, args.batch_size)
+    record["calibration"] = calib_info
+    record["total_s"] = time.perf_counter() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1))
+    print(f"{name} {metric} {method}: removed {record['removed']} ppl {record['ppl']} avg {record['ppl_avg']:.2f}"
+          f" qa {record.get('qa_avg')} ({record['total_s']:.0f}s)", flush=True)
+    return record
+
+
+def report(name: str) -> str:
+    rows = [json.loads(p.read_text()) | {"file": p.stem} for p in sorted((OUT / name).glob("*.json"))]
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    lines = [f"### {MODELS[name]['source']} (k = {MODELS[name]['k']})", "",
+             "| Metric | Compensation | Removed | WikiText-2 | C4 | PTB | PPL avg | × dense | QA avg (± SE) | Maps (values) |",
+             "| :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    order = {m: i for i, m in enumerate(["dense", "none", "scalar"])}
+    for r in sorted(rows, key=lambda r: (r["method"] != "dense", r["file"].split("-")[0], order.get(r["method"], 9), r["method"])):
+        metric = "—" if r["method"] == "dense" else r["file"].split("-")[0]
+        ratio = r["ppl_avg"] / dense["ppl_avg"] if dense else float("nan")
+        qa = f"{100 * r['qa_avg']:.2f} ± {100 * r['qa_avg_stderr']:.2f}" if "qa_avg" in r else "—"
+        values = sum((x.get("map") or {}).get("values", 0) for x in r["rounds"])
+        lines.append(f"| {metric} | {r['method']} | {', '.join(map(str, r['removed'])) or '—'} | {r['ppl']['wikitext2']:.2f} "
+                     f"| {r['ppl']['c4']:.2f} | {r['ppl']['ptb']:.2f} | {r['ppl_avg']:.2f} | {ratio:.2f} | {qa} | {values:,} |")
+    if rows:
+        protocol = rows[0]["ppl_protocol"]
+        lines += ["", "_Perplexity: " + "; ".join(f"{k}: {v}" for k, v in protocol.items()) + "._"]
+        qa_rows = [r for r in rows if "qa" in r]
+        if qa_rows:
+            counts = ", ".join(f"{k} {v['n']}" for k, v in qa_rows[0]["qa"].items())
+            lines.append(f"_QA: zero-shot acc over {counts} items (first items of each task); SE of the average from the "
+                         f"per-task binomial SEs._")
+        c = rows[0]["calibration"]
+        lines.append(f"_Calibration: {c['num_windows']} x {c['seqlen']} tokens from {Path(c['source']).name}, seed {c['seed']}._")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", choices=sorted(MODELS))
+    parser.add_argument("--methods", default="dense,none,scalar,linear,scalar+linear,scalar+linear-rel")
+    parser.add_argument("--metric", default="bi")
+    parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--qa-limit", type=int, default=None)
+    parser.add_argument("--select-top", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    if args.methods:
+        dense, tokenizer, _ = load_model(MODELS[args.model]["source"])
+        windows, calib_info = calibration_windows(
+            tokenizer, CalibConfig(source=calib_file(), num_windows=args.calib_windows, seqlen=args.seqlen, seed=0))
+        for method in args.methods.split(","):
+            run_one(args.model, args.metric, method, dense, tokenizer, windows, calib_info, args)
+    if args.report:
+        (OUT / args.model / "results.md").write_text(report(args.model))
+        print(report(args.model))
+
+
+if __name__ == "__main__":
+    main()
