@@ -78,9 +78,6 @@ def _edit_recipe(key, value):
 
 
 _DELETE = object()
-# Messages that come from calib/sources.py, which this test does not own yet (see issue 10's report).
-NEEDS_SOURCES_FIX = pytest.mark.xfail(reason="calib/sources.py must name the file and line for undecodable or non-object input",
-                                      strict=False)
 
 # (id, argv template, expected text in the one error line). Placeholders: MODEL (a tiny 6-layer
 # Llama folder), CALIB (a good calibration file), OUT (a fresh output path), T/<name> (a path in
@@ -110,11 +107,11 @@ ROWS = [
     ("calib-missing-file", ["prune", "MODEL", "--layers", "1", "--calib", "T/missing.txt", "--out", "OUT", *SMALL], "missing.txt"),
     ("calib-empty-file", ["prune", "MODEL", "--layers", "1", "--calib", "T/empty.txt", "--out", "OUT", *SMALL], "empty.txt"),
     pytest.param("calib-binary-file", ["prune", "MODEL", "--layers", "1", "--calib", "T/binary.txt", "--out", "OUT", *SMALL],
-                 "binary.txt", marks=NEEDS_SOURCES_FIX),
+                 "binary.txt"),
     pytest.param("calib-jsonl-bad-line", ["prune", "MODEL", "--layers", "1", "--calib", "T/badline.jsonl", "--out", "OUT", *SMALL],
-                 "badline.jsonl:3", marks=NEEDS_SOURCES_FIX),
+                 "badline.jsonl:3"),
     pytest.param("calib-json-array", ["prune", "MODEL", "--layers", "1", "--calib", "T/array.json", "--out", "OUT", *SMALL],
-                 "array.json:1", marks=NEEDS_SOURCES_FIX),
+                 "array.json:1"),
     ("calib-jsonl-no-text", ["prune", "MODEL", "--layers", "1", "--calib", "T/notext.jsonl", "--out", "OUT", *SMALL], "'text'"),
     ("calib-too-short", ["prune", "MODEL", "--layers", "1", "--calib", "T/short.txt", "--out", "OUT", *SMALL], "tokens"),
     # output

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from .errors import PrunecompError
 from .arch import ResolvedArch, WriterTensor
 
 ESTIMATORS = ("channel_mean", "channel_mean_windows", "token_rms")
@@ -19,7 +20,7 @@ PER_WINDOW_ESTIMATORS = ("channel_mean_windows",)
 AUTO = "auto"  # the architecture spec's default_estimator
 
 
-class CompensationError(ValueError):
+class CompensationError(PrunecompError, ValueError):
     pass
 
 

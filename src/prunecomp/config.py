@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from .errors import PrunecompError
 from .compensate import AUTO, ESTIMATORS
 from .engine.memory import parse_memory
 from .engine.session import ENGINES
 from .metrics import get_metric
 
 
-class ConfigError(ValueError):
+class ConfigError(PrunecompError, ValueError):
     pass
 
 

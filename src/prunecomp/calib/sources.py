@@ -14,10 +14,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import PrunecompError
+
 DATA_ENV = "PRUNECOMP_DATA"
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(PrunecompError, RuntimeError):
     pass
 
 
@@ -116,8 +118,11 @@ def data_dir() -> Path | None:
 
 
 def _read_lines(path: Path) -> list[str]:
-    with open(path, encoding="utf-8") as handle:
-        return handle.read().splitlines()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataSourceError(f"{path}: not UTF-8 text (undecodable byte at offset {exc.start}); pass a text file") from None
 
 
 def _read_jsonl(path: Path, field: str = "text") -> list[str]:
@@ -127,7 +132,13 @@ def _read_jsonl(path: Path, field: str = "text") -> list[str]:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataSourceError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise DataSourceError(f"{path}:{number}: expected a JSON object with a {field!r} field, "
+                                      f"found a {type(record).__name__}")
             if field not in record:
                 raise DataSourceError(f"{path}:{number}: no {field!r} field (keys: {sorted(record)})")
             docs.append(record[field])

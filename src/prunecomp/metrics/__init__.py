@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import PrunecompError
 from .base import Metric, ScoreContext
 from .baselines import random_scores, reverse_order
 from .perplexity import skip_loss
@@ -41,7 +42,7 @@ ALIASES = {
 }
 
 
-class UnknownMetric(KeyError):
+class UnknownMetric(PrunecompError, KeyError):
     def __str__(self) -> str:  # KeyError would print the message with quotes
         return str(self.args[0])
 

@@ -42,7 +42,7 @@ def data_root(prunecomp_data: str | os.PathLike[str] | None = None) -> Path:
             f"prunecomp's offline lm-eval tasks need a data directory: pass data_dir= to run_harness "
             f"or set ${DATA_ENV}"
         )
-    return Path(root).expanduser()
+    return Path(root).expanduser().resolve()  # absolute: lm-eval's task files must not depend on the working folder
 
 
 def _need(path: Path) -> Path:
