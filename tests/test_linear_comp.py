@@ -289,3 +289,16 @@ def test_cli_prune_with_linear_comp_saves_maps_and_apply_replays_them(tmp_path, 
     assert all(torch.equal(weights[k], again[k]) for k in weights) and (replay / MAPS_FILENAME).is_file()
     assert main(["prune", str(source), "--no-comp", "--comp", "scalar+linear", *common]) == 2
     assert "compensate=False" in capsys.readouterr().err
+
+
+def test_linear_comp_refuses_writers_that_are_not_plain_linear_modules():
+    """Fused expert tensors (Mixtral) cannot take a fitted map: one clear error, no guessing."""
+    from prunecomp.arch import resolve
+    from prunecomp.linear_comp import LinearCompError, map_writers, parse_comp
+    from tiny import tiny_model
+
+    arch = resolve(tiny_model("mixtral", layers=3))
+    with pytest.raises(LinearCompError, match="use --comp scalar"):
+        map_writers(arch, 1, parse_comp("scalar+linear"))
+    kind, modules, names = map_writers(resolve(tiny_model("llama", layers=3)), 1, parse_comp("scalar+linear"))
+    assert kind == "matrix" and names == ["self_attn.o_proj", "mlp.down_proj"]

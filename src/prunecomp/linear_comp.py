@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import ResolvedArch
+from .arch import ResolvedArch, resolve_writer_path
 from .calib.capture import batches, model_device
 from .compat import layer_input_hidden, layer_output_hidden
 
@@ -147,16 +147,31 @@ class CutCapture:
     kind: str
 
 
+def _named_writers(arch: ResolvedArch, layer: int) -> tuple[str, dict[str, nn.Module]]:
+    """("diagonal" | "matrix", {name: module}) of the writers of `layer` a map can be folded into.
+
+    Only plain writer modules qualify: a norm (a diagonal folds into its weight) or a Linear (a
+    matrix folds into weight and bias). Fused expert tensors, Conv1D and the like are refused.
+    """
+    module = arch.layers()[layer]
+    kind, paths = ("diagonal", arch.spec.layer_norm_writers) if arch.spec.layer_norm_writers else (
+        "matrix", arch.spec.layer_linear_writers)
+    named = {name: obj for path in paths for name, obj in resolve_writer_path(module, path)}
+    plain = all(isinstance(obj, nn.Linear) for obj in named.values()) if kind == "matrix" else all(
+        isinstance(obj, nn.Module) for obj in named.values())
+    if not named or not plain:
+        raise LinearCompError(f"{arch.spec.family}: the writers of layer {layer} ({', '.join(named) or 'none'}) are not "
+                              "plain Linear modules or norms, so a fitted map cannot be folded there; use --comp scalar")
+    return kind, named
+
+
 def map_writers(arch: ResolvedArch, layer: int, method: CompMethod) -> tuple[str, list[nn.Module], list[str]]:
     """(kind, modules, names) of the writers of `layer` that can absorb a map."""
-    linears, norms = arch.layer_writers(layer)
-    if norms:  # the norm is the last thing before the residual add: only a diagonal folds there
-        names = list(arch.spec.layer_norm_writers)
-        return "diagonal", list(norms), names
-    names = list(arch.spec.layer_linear_writers)
-    if method.writers == "last":
-        return "matrix", linears[-1:], names[-1:]
-    return "matrix", list(linears), names
+    kind, named = _named_writers(arch, layer)
+    names, modules = list(named), list(named.values())
+    if kind == "matrix" and method.writers == "last":
+        return kind, modules[-1:], names[-1:]
+    return kind, modules, names
 
 
 @contextmanager
@@ -363,9 +378,7 @@ def _refine_cosine(solution, design, base, target, kind, alpha, gram, steps):
 @torch.no_grad()
 def fold_cut_map(arch: ResolvedArch, cut: CutMap) -> None:
     """Fold (I + D) into the writers of current layer `cut.layer`, in float64, in place."""
-    _, norms = arch.layer_writers(cut.layer)
-    named = dict(zip(arch.spec.layer_norm_writers, norms)) if norms else dict(
-        zip(arch.spec.layer_linear_writers, arch.layer_writers(cut.layer)[0]))
+    _, named = _named_writers(arch, cut.layer)
     offset = arch.spec.norm_offset
     for name, delta in zip(cut.writer_names, cut.deltas):
         module = named[name]
