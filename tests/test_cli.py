@@ -85,3 +85,21 @@ def test_paper_preset_flags_build_the_paper_config():
     assert config.preset == "paper" and config.calib.sampler == "paper" and config.calib.num_windows == 8
     assert config.calib.seqlen == 256 and config.score_calib.seqlen == 256 and config.calib.allow_substitute
     assert config.norm_weights and not config.unfold_magnitude and config.iterative and config.compensate
+
+
+def test_quiet_silences_transformers_bars(model_dir, calib_file, tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    try:
+        assert main(["prune", str(model_dir), "--layers", "1", "--calib", str(calib_file), "--calib-windows", "2",
+                     "--seqlen", "16", "--quiet", "--out", str(tmp_path / "q")]) == 0
+        assert not hf_logging.is_progress_bar_enabled()
+        assert "it/s]" not in capsys.readouterr().err  # no "Writing model shards" bar
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def test_demo_takes_a_dtype():
+    from prunecomp.cli import build_parser
+
+    assert build_parser().parse_args(["demo", "--dtype", "bfloat16"]).dtype == "bfloat16"
