@@ -292,12 +292,12 @@ def test_cli_prune_with_linear_comp_saves_maps_and_apply_replays_them(tmp_path, 
 
 
 def test_linear_comp_refuses_writers_that_are_not_plain_linear_modules():
-    """Fused expert tensors (Mixtral) cannot take a fitted map: one clear error, no guessing."""
+    """GPT-2's Conv1D writers cannot take a fitted map: one clear error, no guessing."""
     from prunecomp.arch import resolve
     from prunecomp.linear_comp import LinearCompError, map_writers, parse_comp
     from tiny import tiny_model
 
-    arch = resolve(tiny_model("mixtral", layers=3))
+    arch = resolve(tiny_model("gpt2", layers=3))
     with pytest.raises(LinearCompError, match="use --comp scalar"):
         map_writers(arch, 1, parse_comp("scalar+linear"))
     kind, modules, names = map_writers(resolve(tiny_model("llama", layers=3)), 1, parse_comp("scalar+linear"))
