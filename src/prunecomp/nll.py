@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .calib.capture import batches, model_device
+from .progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def window_nll(
     device = model_device(model)
     total = 0.0
     count = 0
-    for batch in tqdm(list(batches(windows, batch_size)), desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(list(batches(windows, batch_size)), desc=desc, enabled=progress):
         batch = batch.to(device)
         logits = model(input_ids=batch, use_cache=False).logits
         targets = batch[:, 1 + skip_first :]
@@ -227,7 +227,7 @@ def packed_continuation_scores(
         for index, score in zip(wide, plain_continuation_scores(model, [requests[i] for i in wide], max_length)):
             out[index] = score
     rows = pack_rows(segments, token_budget)
-    for segments in tqdm(rows, desc=desc, disable=not progress, leave=False):
+    for segments in progress_bar(rows, desc=desc, enabled=progress):
         row = _build_row(segments)
         keep = torch.tensor(sorted({i for _, indices, _ in row.scored for i in indices}))
         where = {int(i): k for k, i in enumerate(keep.tolist())}

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from .arch import ResolvedArch, resolve
 from .calib.capture import HiddenStats
@@ -23,6 +22,7 @@ from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
 from .surgery import remove_layers
 from . import guards
+from .progress import progress_bar
 
 NOTE_LAST = "block ends at the last layer: the final norm is scale-invariant, so no compensation is needed"
 NOTE_DISABLED = "compensation disabled (--no-comp)"
@@ -278,7 +278,7 @@ def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, cal
     else:  # iterative: re-score after every removal
         # compensation folded so far into each current layer's writers (by earlier, resumed rounds too)
         writer_scales = [math.prod(r.scale for r in recipe.rounds if min(r.removed) > j) for j in kept]
-        for round_index in tqdm(range(len(recipe.rounds), k), desc=f"pruning ({metric.name})", disable=not progress,
+        for round_index in progress_bar(range(len(recipe.rounds), k), desc=f"pruning ({metric.name})", enabled=progress, leave=True,
                                 initial=len(recipe.rounds), total=k):
             scores, masked, stats = _score_round(session, metric, config, calibration, estimator, round_index, 1, progress,
                                                  writer_scales)

@@ -47,7 +47,7 @@ def test_compare_writes_tables_and_plots(setup, capsys):
     assert roles["BI (baseline)"] == ("baseline (paper): one-shot, no compensation", "one-shot", False)
     assert roles["BI+Prune&Comp"] == ("Prune&Comp (paper): iterative + compensation", "iterative", True)
     assert roles["BI iterative"][1:] == ("iterative", False) and roles["BI one-shot+comp"][1:] == ("one-shot", True)
-    for expected in ("Mag+ (baseline)", "Mag+ iterative", "Mag+ one-shot+comp", "Mag++Prune&Comp", "CL (baseline)", "CL+Prune&Comp"):
+    for expected in ("Mag+ (baseline)", "Mag+ iterative", "Mag+ one-shot+comp", "Mag+ +Prune&Comp", "CL (baseline)", "CL+Prune&Comp"):
         assert expected in names
     assert len(names) == 1 + 4 + 4 + 2
     dense = results["methods"][0]

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..arch import ResolvedArch
 from ..compat import layer_input_hidden, layer_output_hidden
+from ..progress import progress_bar
 
 
 @dataclass
@@ -146,7 +146,7 @@ def capture_stats(
     base = arch.base_model()
     device = model_device(arch.model)
     with residual_hooks(arch, accumulator.observe):
-        for batch in tqdm(list(batches(windows, batch_size)), desc=desc, disable=not progress, leave=False):
+        for batch in progress_bar(list(batches(windows, batch_size)), desc=desc, enabled=progress):
             accumulator.begin_batch()
             base(input_ids=batch.to(device), use_cache=False)
             accumulator.end_batch()

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..arch import ResolvedArch
 from ..calib.capture import HiddenStats, batches
 from .forward import LayerInputs, LayerRunner, capture_layer_inputs, head_logits, module_device
 from .layerwise import ResidentLayers
 from .memory import BoundaryStore
+from ..progress import progress_bar
 
 
 @dataclass
@@ -161,7 +161,7 @@ class BoundaryEngine:
         if self.num_computed == 0:  # the embedding itself changed (a map folded before layer 0)
             self._embed()
         todo = range(self.num_computed, total + 1)
-        for boundary in tqdm(todo, desc=self.desc, disable=not self.progress or not todo, leave=False):
+        for boundary in progress_bar(todo, desc=self.desc, enabled=self.progress and bool(todo)):
             previous = self.store.get(self._keys[boundary - 1], self.device)
             outputs, cos = [], []
             with self.layers.layer(boundary - 1) as layer:
@@ -217,7 +217,7 @@ class BoundaryEngine:
         self.refresh()
         total = self.arch.num_layers()
         chain_keys: dict[int, tuple[int, int]] = {}
-        for j in tqdm(range(1, total), desc="PPL metric (cached boundaries)", disable=not self.progress, leave=False):
+        for j in progress_bar(range(1, total), desc="PPL metric (cached boundaries)", enabled=self.progress):
             with self.layers.layer(j) as layer:
                 for candidate in range(j):
                     if candidate in chain_keys:

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..arch import resolve
 from ..calib.capture import capture_stats
@@ -24,6 +23,7 @@ from ..metrics import get_metric
 from ..prune import apply_recipe, calibration_windows, prune
 from ..recipe import Recipe
 from .ppl import eval_windows, evaluate_perplexity
+from ..progress import progress_bar
 
 SCHEMA_VERSION = 1
 DISPLAY = {"bi": "BI", "cl": "CL", "taylor": "Taylor+", "mag": "Mag+", "ppl": "PPL", "reverse": "Reverse", "random": "Random"}
@@ -84,10 +84,11 @@ GRID = (
 
 def method_name(metric: str, iterative: bool, compensate: bool) -> str:
     display = DISPLAY.get(metric, metric)
+    comp = " " + COMP if display.endswith("+") else COMP  # "Taylor+ +Prune&Comp", not "Taylor++Prune&Comp"
     if get_metric(metric).contiguous_block:  # one block: no one-shot/iterative distinction
-        return display + (COMP if compensate else " (baseline)")
+        return display + (comp if compensate else " (baseline)")
     if compensate:
-        return display + (COMP if iterative else " one-shot+comp")
+        return display + (comp if iterative else " one-shot+comp")
     return display + (" iterative" if iterative else " (baseline)")
 
 
@@ -197,7 +198,7 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
     dense_arch = resolve(model)
     dense_stats = capture_stats(dense_arch, windows, progress=progress, desc="dense stats")
     rows = []
-    for method in tqdm(methods, desc="compare", disable=not progress):
+    for method in progress_bar(methods, desc="compare", enabled=progress, leave=True):
         entry_path = cache / f"{method.key}-{fingerprint}.json"
         if entry_path.exists():
             rows.append(json.loads(entry_path.read_text()))

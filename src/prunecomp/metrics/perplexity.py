@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from ..nll import window_nll
 from ..surgery import skipped
 from .base import ScoreContext
+from ..progress import progress_bar
 
 
 def skip_loss(ctx: ScoreContext) -> torch.Tensor:
@@ -22,7 +22,7 @@ def skip_loss(ctx: ScoreContext) -> torch.Tensor:
         if cached is not None:
             return cached
     losses = []
-    for index in tqdm(range(ctx.arch.num_layers()), desc="PPL metric", disable=not ctx.progress, leave=False):
+    for index in progress_bar(range(ctx.arch.num_layers()), desc="PPL metric", enabled=ctx.progress):
         with skipped(ctx.arch, index):
             losses.append(window_nll(ctx.arch.model, ctx.windows, ctx.batch_size).mean)
     return torch.tensor(losses, dtype=torch.float64)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..calib.capture import batches, model_device
 from .base import ScoreContext
+from ..progress import progress_bar
 
 
 def _layer_linears(ctx: ScoreContext, index: int) -> list[tuple[nn.Parameter, float]]:
@@ -116,7 +116,7 @@ def _loss_gradients(
             p.requires_grad_(id(p) in wanted)
             p.grad = None
         with torch.enable_grad():
-            for batch in tqdm(list(batches(windows, batch_size)), desc=desc, disable=not progress, leave=False):
+            for batch in progress_bar(list(batches(windows, batch_size)), desc=desc, enabled=progress):
                 batch = batch.to(device)
                 logits = model(input_ids=batch, use_cache=False).logits
                 loss = nn.functional.cross_entropy(
