@@ -184,3 +184,45 @@ def test_paths_and_hub_ids_are_told_apart(tmp_path, monkeypatch):
             resolve_source(name)
     for name in ("org/model", "gpt2", "org/model-1.5B_v2"):
         assert resolve_source(name).path == name  # left to the hub
+
+
+def _config_only(folder, config) -> str:
+    """A model folder with a config.json and no weights: anything that tries to load weights fails."""
+    config.save_pretrained(folder)
+    return str(folder)
+
+
+def test_preflight_refuses_from_the_config_before_any_weights_load(tmp_path, capsys):
+    import transformers
+
+    from prunecomp.arch import InexactFold, UnsupportedArchitecture
+    from prunecomp.cli import main
+    from prunecomp.io import preflight
+
+    post_ln = _config_only(tmp_path / "opt", transformers.OPTConfig(num_hidden_layers=4, do_layer_norm_before=False))
+    with pytest.raises(InexactFold, match="post-LN"):
+        preflight(resolve_source(post_ln), compensate=True)
+    assert preflight(resolve_source(post_ln), compensate=False).model_type == "opt"  # --no-comp may go on
+    gpt2 = _config_only(tmp_path / "gpt2", transformers.GPT2Config(n_layer=2, scale_attn_by_inverse_layer_idx=True))
+    with pytest.raises(UnsupportedArchitecture, match="inverse_layer_idx"):
+        preflight(resolve_source(gpt2), compensate=False)
+    unknown = _config_only(tmp_path / "bloom", transformers.BloomConfig(n_layer=2))
+    assert preflight(resolve_source(unknown)).model_type == "bloom"  # discovered after loading, not refused here
+
+    # through the CLI: one line naming the architecture, not a complaint about missing weights
+    assert main(["prune", post_ln, "--layers", "1", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "compensation refused for opt" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_apply_checks_the_recipe_against_the_config_before_loading(pruned, tmp_path, capsys):
+    from prunecomp.cli import main
+
+    recipe = pruned.recipe
+    recipe_path = tmp_path / "recipe.json"
+    recipe.save(recipe_path)
+    other = _config_only(tmp_path / "deeper", tiny_model("gemma3", layers=recipe.num_layers_original + 2).config)
+    assert main(["apply", other, "--recipe", str(recipe_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"the recipe is for {recipe.num_layers_original} layers" in err and "Traceback" not in err

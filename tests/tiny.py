@@ -109,15 +109,18 @@ def tiny_model(
     config = tiny_config(arch, layers, eps)
     config.tie_word_embeddings = tied
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    offset_form = "gemma" in config.model_type  # norms apply (1 + w)
+    return randomize(AutoModelForCausalLM.from_config(config, dtype=torch.float32), eps if force_eps else None, tied)
+
+
+def randomize(model, eps: float | None, tied: bool):
+    """Random weights (norm weights near 1, or near 0 in the (1 + w) form); every norm's eps set to `eps`."""
+    offset_form = "gemma" in model.config.model_type  # norms apply (1 + w)
+    if eps is not None:
+        force_eps(model, eps)
     with torch.no_grad():
         norm_params = set()
         for name, module in model.named_modules():
             if _is_norm(name, module):
-                for attribute in EPS_ATTRIBUTES if force_eps else ():
-                    if isinstance(getattr(module, attribute, None), float):
-                        setattr(module, attribute, eps)
                 weight = getattr(module, "weight", None)
                 if isinstance(weight, torch.Tensor):  # random affine norms, also in the (1 + w) form
                     weight.copy_(torch.rand_like(weight) * 0.5 + (-0.25 if offset_form else 0.75))
@@ -132,6 +135,16 @@ def tiny_model(
     if hasattr(model, "tie_weights") and tied:
         model.tie_weights()
     return model.eval()
+
+
+def force_eps(model, eps: float):
+    """Every norm's epsilon set to `eps` on the module itself (some families hard-code theirs)."""
+    for name, module in model.named_modules():
+        if _is_norm(name, module):
+            for attribute in EPS_ATTRIBUTES:
+                if isinstance(getattr(module, attribute, None), float):
+                    setattr(module, attribute, eps)
+    return model
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -142,19 +142,17 @@ def _summary(result, out, seconds: float) -> str:
 
 
 def cmd_prune(args) -> int:
-    from .io import check_output_dir, load_model, save_pruned
+    from .io import check_output_dir, load_model, preflight, resolve_source, save_pruned
     from .prune import prune
 
     config = _prune_config(args)  # validate before the (slow) load
     started = time.perf_counter()
     if config.preset == "paper" and args.dtype is None and (args.device or "cpu").startswith("cuda"):
         args.dtype = "float16"  # the official code scores and estimates the scale in float16 on a GPU
-    source_for_check = None
+    source = resolve_source(args.model)
     if args.out:
-        from .io import resolve_source
-
-        source_for_check = resolve_source(args.model)
-        check_output_dir(args.out, source_for_check, args.overwrite)
+        check_output_dir(args.out, source, args.overwrite)
+    preflight(source, compensate=config.compensate, trust_remote_code=args.trust_remote_code)  # from config.json alone
     from .engine.layerwise import open_layerwise, save_layerwise, wants_lazy_load
     from .engine.memory import parse_memory
 
@@ -214,12 +212,17 @@ def _load_checkpoint(path: Path, resume: bool, quiet: bool):
 
 def cmd_apply(args) -> int:
     from .arch import resolve
-    from .io import check_output_dir, load_model, resolve_source, save_pruned
+    from .io import check_output_dir, load_model, preflight, resolve_source, save_pruned
     from .prune import apply_recipe
     from .recipe import Recipe, check_applicable
 
     recipe = Recipe.load(args.recipe)
-    check_output_dir(args.out, resolve_source(args.model), args.overwrite)
+    source = resolve_source(args.model)
+    check_output_dir(args.out, source, args.overwrite)
+    config = preflight(source, compensate=any(r.scale != 1.0 for r in recipe.rounds),
+                       trust_remote_code=args.trust_remote_code)
+    if config is not None and getattr(config, "num_hidden_layers", None) is not None:  # before the weights load
+        check_applicable(recipe, config.model_type, config.num_hidden_layers, force=args.force)
     dtype = args.dtype or recipe.dtype  # the recipe's dtype replays to identical bytes
     model, tokenizer, source = load_model(args.model, dtype, args.device, **_safety(args))
     for warning in check_applicable(recipe, model.config.model_type, resolve(model).num_layers(),

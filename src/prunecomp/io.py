@@ -154,29 +154,43 @@ def hub_access(repo_id: str) -> dict:
                     "pass a local folder or .gguf file, or download the model first")
 
 
-def check_architecture(source: ModelSource) -> str:
-    """Read the model_type from config.json (no weights loaded) and refuse unsupported ones.
+def preflight(source: ModelSource, *, compensate: bool = True, trust_remote_code: bool = False):
+    """Refuse from the config alone, before any weights are read, what the architecture table refuses.
 
-    GGUF files are checked after loading (reading their config is as slow as loading them).
-    Returns the model_type ("" when it cannot be read cheaply).
+    A family the table refuses outright, or whose fold is inexact when compensation is asked for,
+    fails here in seconds instead of after loading the weights. A model_type the table lacks passes:
+    its layout is discovered and self-checked once the model is loaded. GGUF files are checked after
+    loading (reading their config costs as much as loading them). Returns the config, or None.
     """
-    from .arch import UnsupportedArchitecture, supported_model_types
+    from transformers import AutoConfig
 
+    from .arch import InexactFold, UnsupportedArchitecture, spec_for
+
+    if source.gguf_file:
+        return None
     folder = source.local_dir
-    if source.gguf_file or folder is None or not (folder / "config.json").is_file():
-        return ""
+    if folder is not None and not (folder / "config.json").is_file():
+        return None  # load_model names what is missing
+    access = {} if folder is not None else hub_access(source.path)
     try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoadError(f"{folder / 'config.json'} is not readable JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise LoadError(f"{folder / 'config.json'} is not a model config (expected a JSON object)")
-    types = [config.get("model_type"), (config.get("text_config") or {}).get("model_type")]
-    supported = supported_model_types()
-    if not any(t in supported for t in types if t):
-        raise UnsupportedArchitecture(
-            f"unsupported architecture {types[0]!r} in {folder}; supported model_types: {', '.join(supported)}")
-    return str(types[0])
+        config = AutoConfig.from_pretrained(source.path, trust_remote_code=trust_remote_code, **access)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "trust_remote_code" in str(exc):
+            first = "it needs its own Python code from the hub; pass --trust-remote-code if you trust it"
+        raise LoadError(f"cannot read the config of {source.name!r}: {first}") from None
+    spec = spec_for(getattr(config, "model_type", ""))
+    if spec is None:
+        log.info("prunecomp: model_type %r is not in the architecture table; its layout is discovered after loading",
+                 getattr(config, "model_type", None))
+        return config
+    reason = spec.unsupported_reason(config) if spec.unsupported_reason else None
+    if reason:
+        raise UnsupportedArchitecture(f"cannot prune this {spec.family} model: {reason}")
+    reason = spec.inexact_reason(config) if spec.inexact_reason else None
+    if reason and compensate:
+        raise InexactFold(f"compensation refused for {spec.family}: {reason}; prune with compensate=False (--no-comp)")
+    return config
 
 
 def _pickle_only(folder: Path) -> bool:
@@ -217,12 +231,11 @@ def _make_saveable(model) -> None:
 
 
 def load_model(name: str, dtype: str | None = None, device: str | None = None, *, trust_remote_code: bool = False,
-               allow_pickle: bool = False, check_weights: bool = True, require_supported: bool = False):
+               allow_pickle: bool = False, check_weights: bool = True):
     """Load (model, tokenizer, source). dtype: float32 | bfloat16 | float16 | None (checkpoint's).
 
     Refuses, each in one line: paths that do not exist, hub ids that cannot be reached, pickle
     weights unless `allow_pickle`, and weights holding NaN or Inf (naming the tensor).
-    `require_supported` checks the architecture from config.json before any weights are read.
     The returned source carries the weights' fingerprint and dtype, which recipes record.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -230,8 +243,6 @@ def load_model(name: str, dtype: str | None = None, device: str | None = None, *
     source = resolve_source(name)
     if dtype is not None and dtype not in DTYPES:
         raise LoadError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
-    if require_supported:
-        check_architecture(source)
     common: dict = {"trust_remote_code": trust_remote_code}
     if source.gguf_file:
         common["gguf_file"] = source.gguf_file
