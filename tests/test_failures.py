@@ -340,6 +340,14 @@ def test_numerical_guards():
     with pytest.raises(NumericalError, match="overflows float16"):
         guards.scaled_in_float32(weight, 2.0, name="model.layers.0.mlp.down_proj.weight")
     assert guards.scaled_in_float32(weight.to(torch.bfloat16), 2.0).dtype == torch.bfloat16
+    from prunecomp import resolve
+    from prunecomp.compensate import fold_scale
+
+    half = tiny_model("llama", layers=3).half()
+    with torch.no_grad():
+        half.model.layers[0].mlp.down_proj.weight[0, 0] = 40000.0
+    with pytest.raises(NumericalError, match="overflows float16"):  # the fold itself refuses, nothing saturates
+        fold_scale(resolve(half), 2, 2.0)
     model = tiny_model("llama", layers=2)
     guards.check_finite_weights(model)
     with torch.no_grad():

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .errors import PrunecompError
+from .guards import cast_checked
 from .arch import ResolvedArch, WriterTensor
 
 ESTIMATORS = ("channel_mean", "channel_mean_windows", "token_rms")
@@ -87,11 +88,13 @@ def check_scale(scale: float) -> None:
 @torch.no_grad()
 def _scale_(tensor: torch.Tensor, factor: float, offset: float = 0.0) -> None:
     """tensor <- (offset + tensor) * factor - offset, computed in float32."""
+    if tensor.is_meta:  # a layer still on disk: the layer-wise engine folds it when it reads the layer
+        return
     if offset == 0.0 and tensor.dtype == torch.float32:  # same result, no embedding-sized temporaries
         tensor.mul_(factor)
         return
     value = (tensor.float() + offset) * factor - offset
-    tensor.copy_(value.to(tensor.dtype))
+    tensor.copy_(cast_checked(value, tensor.dtype))  # float16 saturates to Inf: refuse, don't save it
 
 
 @torch.no_grad()

@@ -43,7 +43,12 @@ def first_nonfinite(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> tuple[
 @torch.no_grad()
 def check_finite_weights(model: torch.nn.Module, where: str = "the model") -> None:
     """Refuse a model whose parameters or buffers hold NaN or Inf, naming the first such tensor."""
-    found = first_nonfinite([*model.named_parameters(), *model.named_buffers()])
+    check_finite_tensors([*model.named_parameters(), *model.named_buffers()], where)
+
+
+def check_finite_tensors(named, where: str = "the model") -> None:
+    """check_finite_weights over (name, tensor) pairs (the layer-wise engine streams them from disk)."""
+    found = first_nonfinite(named)
     if found is not None:
         name, nan, inf = found
         raise NonFiniteWeights(

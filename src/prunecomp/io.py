@@ -207,16 +207,29 @@ def weights_fingerprint(model: torch.nn.Module, sample: int = 4096) -> str:
     bfloat16 (so float32 and bfloat16 loads of one checkpoint agree). A fine-tune changes nearly
     every value of the tensors it trains, so a strided sample catches it without reading all bytes.
     """
-    digest = hashlib.sha256()
+    fingerprint = Fingerprint(sample)
     for name, tensor in sorted(model.state_dict().items()):
+        fingerprint.add(name, tensor)
+    return fingerprint.hexdigest()
+
+
+class Fingerprint:
+    """weights_fingerprint fed one tensor at a time (the layer-wise engine streams them from disk)."""
+
+    def __init__(self, sample: int = 4096):
+        self.sample = sample
+        self.digest = hashlib.sha256()
+
+    @torch.no_grad()
+    def add(self, name: str, tensor: torch.Tensor) -> None:
         flat = tensor.detach().reshape(-1)
-        if flat.is_floating_point():
-            flat = flat[:: max(1, flat.numel() // sample)][:sample].to("cpu", torch.bfloat16).view(torch.int16)
-        else:
-            flat = flat[:: max(1, flat.numel() // sample)][:sample].to("cpu", torch.int64)
-        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
-        digest.update(flat.contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
+        flat = flat[:: max(1, flat.numel() // self.sample)][: self.sample]
+        flat = flat.to("cpu", torch.bfloat16).view(torch.int16) if flat.is_floating_point() else flat.to("cpu", torch.int64)
+        self.digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
+        self.digest.update(flat.contiguous().numpy().tobytes())
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()[:32]
 
 
 def _make_saveable(model) -> None:
@@ -449,7 +462,7 @@ def save_pruned(
     return out
 
 
-def _sibling(out: Path, kind: str) -> Path:
+def hidden_sibling(out: Path, kind: str) -> Path:
     """A fresh hidden name beside `out` (`.<name>.tmp-*` or `.<name>.old-*`), not created yet."""
     return out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
@@ -458,7 +471,7 @@ def _write_atomically(model, tokenizer, recipe: Recipe, out: Path, params_before
     # Names are chosen before the folders exist, so an interrupt at any instant (even inside
     # mkdir) still knows what to remove. mkdir uses the normal umask, unlike mkdtemp's 0700.
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging, trash = _sibling(out, "tmp"), _sibling(out, "old")
+    staging, trash = hidden_sibling(out, "tmp"), hidden_sibling(out, "old")
     try:
         staging.mkdir()
         model.save_pretrained(staging, safe_serialization=True)

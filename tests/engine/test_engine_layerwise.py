@@ -73,3 +73,27 @@ def test_saved_layerwise_checkpoint_equals_the_in_memory_pruned_model(tmp_path):
         torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
     ids = random_windows(1, 12)
     torch.testing.assert_close(reloaded(ids).logits, expected(ids).logits, rtol=0, atol=0)
+
+
+def test_open_layerwise_fingerprints_and_checks_the_weights_as_load_model_does(sharded, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from prunecomp.engine.layerwise import open_layerwise
+    from prunecomp.errors import NonFiniteWeights
+    from prunecomp.io import load_model
+    from tiny import tiny_tokenizer
+
+    _, folder = sharded
+    tiny_tokenizer().save_pretrained(folder)
+    skeleton, _, streamed = open_layerwise(str(folder))
+    assert all(p.device.type == "meta" for p in resolve(skeleton).layers().parameters())  # still nothing loaded
+    _, _, loaded = load_model(str(folder))
+    assert streamed.fingerprint == loaded.fingerprint and streamed.dtype == loaded.dtype == "float32"
+
+    shard, name = next((f, n) for f in sorted(folder.glob("*.safetensors")) for n in load_file(f) if ".layers.3." in n
+                       and n.endswith("weight") and load_file(f)[n].dim() == 2)
+    tensors = load_file(shard)
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, shard, metadata={"format": "pt"})
+    with pytest.raises(NonFiniteWeights, match=name.replace(".", r"\.")):
+        open_layerwise(str(folder))

@@ -8,6 +8,7 @@ compensation folded into it so far, then returned to `meta`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from contextlib import contextmanager
 from pathlib import Path
@@ -281,12 +282,33 @@ def open_layerwise(name: str, dtype: str | None = None, device: str | None = Non
     if folder is None:
         raise CheckpointError(f"{name!r} is not a safetensors checkpoint; the layer-wise engine reads layers from "
                               "safetensors shards (a GGUF file is dequantised into memory: use --engine memory)")
-    model, _ = load_skeleton(folder, device or "cpu", DTYPES[dtype] if dtype else None)
+    model, checkpoint = load_skeleton(folder, device or "cpu", DTYPES[dtype] if dtype else None)
+    fingerprint = scan_weights(model, checkpoint, DTYPES[dtype] if dtype else None, where=repr(name))
+    parameter = next((p for p in model.parameters() if not p.is_meta), None)
+    loaded_dtype = str(parameter.dtype).removeprefix("torch.") if parameter is not None else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError):
         tokenizer = None
-    return model, tokenizer, source
+    return model, tokenizer, dataclasses.replace(source, fingerprint=fingerprint, dtype=loaded_dtype)
+
+
+def scan_weights(model, checkpoint: SafetensorsCheckpoint, dtype: torch.dtype | None, where: str) -> str:
+    """One streamed pass over every weight, one tensor in memory at a time.
+
+    Refuses NaN or Inf (naming the tensor), as load_model does, and returns the fingerprint that
+    io.weights_fingerprint gives the same model loaded into memory, so recipes replay either way.
+    """
+    from ..guards import check_finite_tensors
+    from ..io import Fingerprint
+
+    fingerprint = Fingerprint()
+    for name, tensor in sorted(model.state_dict(keep_vars=True).items()):
+        if tensor.is_meta:  # a decoder layer's weight: still on disk (a tied head is the loaded embedding)
+            tensor = checkpoint.read([name], "cpu", dtype)[name]
+        check_finite_tensors([(name, tensor)], where)
+        fingerprint.add(name, tensor)
+    return fingerprint.hexdigest()
 
 
 def _replayed_layers(arch: ResolvedArch, checkpoint: SafetensorsCheckpoint, recipe) -> ShardLayers:
@@ -312,11 +334,10 @@ def save_layerwise(model, tokenizer, recipe, out, *, source=None, overwrite: boo
     """
     import os
     import shutil
-    import tempfile
 
     from safetensors.torch import save_file
 
-    from ..io import check_output_dir, model_card
+    from ..io import check_output_dir, hidden_sibling, model_card
     from ..locking import release_output_lock
     from ..recipe import RECIPE_FILENAME
 
@@ -324,8 +345,10 @@ def save_layerwise(model, tokenizer, recipe, out, *, source=None, overwrite: boo
     layers = _replayed_layers(arch, model.prunecomp_checkpoint, recipe)
     out = check_output_dir(out, source, overwrite)
     try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        staging = hidden_sibling(out, "tmp")  # named before it exists: an interrupt anywhere knows what to remove
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()  # the normal umask, unlike mkdtemp's 0700
             prefix = arch.spec.layers + "."
             tied_names = set()
             if arch.is_tied():
@@ -352,7 +375,6 @@ def save_layerwise(model, tokenizer, recipe, out, *, source=None, overwrite: boo
                 tokenizer.save_pretrained(staging)
             recipe.save(staging / RECIPE_FILENAME)
             (staging / "README.md").write_text(model_card(recipe, params_before, params_after), encoding="utf-8")
-            os.chmod(staging, 0o777 & ~_umask())
             if out.exists():
                 shutil.rmtree(out)
             os.replace(staging, out)
@@ -362,11 +384,3 @@ def save_layerwise(model, tokenizer, recipe, out, *, source=None, overwrite: boo
     finally:
         release_output_lock(out)
     return out
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
