@@ -10,6 +10,7 @@ import pytest
 from prunecomp.calib.sets import CalibrationSets
 from prunecomp.config import ConfigError, PruneConfig
 from prunecomp.engine import load_skeleton
+from prunecomp.engine.layerwise import SafetensorsCheckpoint
 from prunecomp.engine.session import EngineError
 from prunecomp.prune import prune
 from tiny import random_windows, tiny_model
@@ -66,8 +67,15 @@ def test_skeleton_from_shards_gives_the_in_memory_recipe(metric, iterative, tmp_
 def test_weight_metrics_on_a_skeleton_say_what_to_do(tmp_path):
     tiny_model("llama", layers=4).save_pretrained(tmp_path)
     skeleton, _ = load_skeleton(tmp_path)
-    with pytest.raises(EngineError, match="--engine memory"):
+    with pytest.raises(EngineError, match="--engine memory") as raised:
         prune(skeleton, None, PruneConfig(metric="taylor", num_layers=1), random_windows(2, 8))
+    from prunecomp.engine.memory import human
+
+    weights = human(SafetensorsCheckpoint(tmp_path).nbytes(list(SafetensorsCheckpoint(tmp_path).weight_map)))
+    assert weights.endswith("KB")
+    assert "of weights plus as much for their gradients" in str(raised.value) and weights in str(raised.value)
+    with pytest.raises(EngineError, match=f"in memory \\(about {weights} of weights\\)"):
+        prune(skeleton, None, PruneConfig(metric="mag", num_layers=1), random_windows(2, 8))
 
 
 def test_engine_settings_are_validated():

@@ -72,10 +72,9 @@ class EngineSession:
         self.lazy = is_skeleton(arch)
         if self.lazy and self.kind == "memory":
             raise EngineError("this model's layers are not in memory (a layer-wise skeleton): use engine 'layerwise' or 'auto'")
-        if self.lazy and metric in WEIGHT_METRICS:
-            raise EngineError(f"metric {metric!r} reads every layer's weights at once; the layer-wise engine supports "
-                              "bi, cl, ppl, reverse and random: load the model in memory (--engine memory) for it")
         checkpoint = getattr(arch.model, "prunecomp_checkpoint", None)
+        if self.lazy and metric in WEIGHT_METRICS:
+            raise EngineError(_whole_model_message(metric, checkpoint))
         if self.lazy and checkpoint is None:
             raise EngineError("a model with weights on the meta device needs its checkpoint: load it with engine.load_skeleton")
         self.layers = ShardLayers(arch, checkpoint, module_device(arch.embedding())) if self.lazy else ResidentLayers(arch)
@@ -186,3 +185,17 @@ class EngineSession:
         self._engines.clear()
         if self.store is not None:
             self.store.close()
+
+
+def _whole_model_message(metric: str, checkpoint) -> str:
+    """Why a weight metric cannot run layer by layer, with the memory it needs instead."""
+    need = ""
+    if checkpoint is not None:
+        weights = checkpoint.nbytes(list(checkpoint.weight_map))
+        if metric == "taylor":  # Taylor+ holds a gradient beside every weight
+            need = f" (about {human(2 * weights)}: {human(weights)} of weights plus as much for their gradients)"
+        else:
+            need = f" (about {human(weights)} of weights)"
+    return (f"metric {metric!r} reads every layer's weights at once, so it needs the whole model in memory{need}; "
+            "the layer-wise engine supports bi, cl, ppl, reverse and random: load the model in memory "
+            "(--engine memory) for it")
