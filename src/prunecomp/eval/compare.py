@@ -198,8 +198,12 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
     dense_arch = resolve(model)
     dense_stats = capture_stats(dense_arch, windows, progress=progress, desc="dense stats")
     rows = []
+    preset_calibration = {}  # metric -> what its recipes were calibrated on (the preset draws each metric's own data)
     for method in progress_bar(methods, desc="compare", enabled=progress, leave=True):
         entry_path = cache / f"{method.key}-{fingerprint}.json"
+        recipe_path = cache / f"{method.key}-{fingerprint}.recipe.json"
+        if config.preset and method.metric and method.metric not in preset_calibration and recipe_path.exists():
+            preset_calibration[method.metric] = Recipe.load(recipe_path).calibration
         if entry_path.exists():
             rows.append(json.loads(entry_path.read_text()))
             continue
@@ -207,7 +211,6 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
         candidate = model if method.metric is None else copy.deepcopy(model)
         recipe = None
         if method.metric is not None:
-            recipe_path = cache / f"{method.key}-{fingerprint}.recipe.json"
             if recipe_path.exists():  # pruned before, evaluation was interrupted: replay, no calibration
                 recipe = Recipe.load(recipe_path)
                 apply_recipe(candidate, recipe)
@@ -220,6 +223,8 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
                     recipe.calibration = calib_info | {k: v for k, v in recipe.calibration.items() if k not in calib_info
                                                        and k not in ("source", "num_windows", "seqlen")}
                 recipe.save(recipe_path)
+            if config.preset:
+                preset_calibration.setdefault(method.metric, recipe.calibration)
         prune_seconds = time.perf_counter() - started
         entry = {
             "name": method.name,
@@ -247,7 +252,10 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
         "num_layers": dense_arch.num_layers(),
         "k": config.num_layers,
         "settings": {
-            "calibration": calib_info,
+            # with a preset, calib_info only feeds the dense statistics of the plots; each metric's own
+            # calibration (from its recipe) is what the pruning used
+            "calibration": ({"dense statistics (plots only)": calib_info} | preset_calibration if config.preset
+                            else calib_info),
             "evaluation": asdict(settings),
             "metrics": list(config.metrics),
             "estimator": config.estimator,
