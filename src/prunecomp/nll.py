@@ -254,6 +254,8 @@ def plain_continuation_scores(
     Rows are right-padded into one batch: in a causal decoder a position never sees the padding
     after it, so every request scores as if it ran alone.
     """
+    if not requests:
+        return []
     device = model_device(model)
     inputs = []
     for context, continuation in requests:

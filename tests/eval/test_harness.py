@@ -282,6 +282,19 @@ def test_packed_scores_equal_one_request_per_forward(arch, budget):
         assert [s.is_greedy for s in got] == [e[1] for e in expected]
 
 
+def test_packed_scores_when_every_request_fits_the_sliding_window():
+    """Gemma-3-270M's case: a 512-token window that no QA request reaches (no plain-path requests)."""
+    from tiny import tiny_model
+
+    from prunecomp.nll import packed_continuation_scores, plain_continuation_scores
+
+    model = tiny_model("gemma3", layers=3, eps=1e-6)  # window 8
+    requests = [([5, 6, 7], [8]), ([5, 6, 7], [9, 10]), ([11], [12, 13])]  # every position < 8
+    assert plain_continuation_scores(model, []) == []
+    got = packed_continuation_scores(model, requests)
+    assert [s.logprob for s in got] == pytest.approx([e[0] for e in _one_at_a_time(model, requests)], abs=1e-4)
+
+
 def test_packing_shares_contexts_and_fills_rows():
     from prunecomp.nll import pack_rows, shared_context_segments
 
