@@ -204,8 +204,8 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
         recipe_path = cache / f"{method.key}-{fingerprint}.recipe.json"
         if config.preset and method.metric and method.metric not in preset_calibration and recipe_path.exists():
             preset_calibration[method.metric] = Recipe.load(recipe_path).calibration
-        if entry_path.exists():
-            rows.append(json.loads(entry_path.read_text()))
+        if entry_path.exists():  # labels come from today's plan, numbers from the cache
+            rows.append(json.loads(entry_path.read_text()) | {"name": method.name, "role": method.role})
             continue
         started = time.perf_counter()
         candidate = model if method.metric is None else copy.deepcopy(model)
