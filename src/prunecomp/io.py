@@ -164,7 +164,7 @@ def preflight(source: ModelSource, *, compensate: bool = True, trust_remote_code
     """
     from transformers import AutoConfig
 
-    from .arch import InexactFold, UnsupportedArchitecture, spec_for
+    from .arch import check_config, spec_for
 
     if source.gguf_file:
         return None
@@ -184,12 +184,7 @@ def preflight(source: ModelSource, *, compensate: bool = True, trust_remote_code
         log.info("prunecomp: model_type %r is not in the architecture table; its layout is discovered after loading",
                  getattr(config, "model_type", None))
         return config
-    reason = spec.unsupported_reason(config) if spec.unsupported_reason else None
-    if reason:
-        raise UnsupportedArchitecture(f"cannot prune this {spec.family} model: {reason}")
-    reason = spec.inexact_reason(config) if spec.inexact_reason else None
-    if reason and compensate:
-        raise InexactFold(f"compensation refused for {spec.family}: {reason}; prune with compensate=False (--no-comp)")
+    check_config(spec, config, compensate=compensate)
     return config
 
 

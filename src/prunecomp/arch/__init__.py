@@ -20,6 +20,7 @@ from .spec import (
     UnsupportedArchitecture,
     WriterTensor,
     get_path,
+    inexact_fold,
     norm_has_bias,
     resolve_writer_path,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "SPECS",
     "UnsupportedArchitecture",
     "WriterTensor",
+    "check_config",
     "discover",
     "get_path",
     "norm_has_bias",
@@ -61,10 +63,18 @@ def _check_layout(resolved: ResolvedArch) -> ResolvedArch:
             f"{type(model).__name__} (model_type {_model_type(model)!r}) does not have the layout of the "
             f"{spec.family} spec ({exc}); load it with AutoModelForCausalLM"
         ) from exc
-    reason = spec.unsupported_reason(model.config) if spec.unsupported_reason else None
+    check_config(spec, model.config, compensate=False)
+    return resolved
+
+
+def check_config(spec: ArchSpec, config, *, compensate: bool) -> None:
+    """Refuse what the config alone decides: an unsupported variant, or an inexact fold when compensating."""
+    reason = spec.unsupported_reason(config) if spec.unsupported_reason else None
     if reason:
         raise UnsupportedArchitecture(f"cannot prune this {spec.family} model: {reason}")
-    return resolved
+    reason = spec.inexact_reason(config) if spec.inexact_reason else None
+    if reason and compensate:
+        raise inexact_fold(spec, reason)
 
 
 def resolve(model: nn.Module, *, allow_discovery: bool = True) -> ResolvedArch:

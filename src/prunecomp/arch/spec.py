@@ -229,7 +229,7 @@ class ResolvedArch:
     def require_exact_fold(self) -> None:
         reason = self.inexact_reason()
         if reason:
-            raise InexactFold(f"compensation refused for {self.spec.family}: {reason}; prune with compensate=False (--no-comp)")
+            raise inexact_fold(self.spec, reason)
 
     def parameter_count(self) -> int:
         seen: set[int] = set()
@@ -243,3 +243,8 @@ class ResolvedArch:
 
 def norm_has_bias(norm: nn.Module) -> bool:
     return isinstance(getattr(norm, "bias", None), torch.Tensor)
+
+
+def inexact_fold(spec: ArchSpec, reason: str) -> InexactFold:
+    """The one refusal of compensation for a family whose fold is not exact here."""
+    return InexactFold(f"compensation refused for {spec.family}: {reason}; prune with compensate=False (--no-comp)")

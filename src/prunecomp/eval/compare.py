@@ -198,12 +198,9 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
     dense_arch = resolve(model)
     dense_stats = capture_stats(dense_arch, windows, progress=progress, desc="dense stats")
     rows = []
-    preset_calibration = {}  # metric -> what its recipes were calibrated on (the preset draws each metric's own data)
     for method in progress_bar(methods, desc="compare", enabled=progress, leave=True):
         entry_path = cache / f"{method.key}-{fingerprint}.json"
         recipe_path = cache / f"{method.key}-{fingerprint}.recipe.json"
-        if config.preset and method.metric and method.metric not in preset_calibration and recipe_path.exists():
-            preset_calibration[method.metric] = Recipe.load(recipe_path).calibration
         if entry_path.exists():  # labels come from today's plan, numbers from the cache
             rows.append(json.loads(entry_path.read_text()) | {"name": method.name, "role": method.role})
             continue
@@ -223,8 +220,6 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
                     recipe.calibration = calib_info | {k: v for k, v in recipe.calibration.items() if k not in calib_info
                                                        and k not in ("source", "num_windows", "seqlen")}
                 recipe.save(recipe_path)
-            if config.preset:
-                preset_calibration.setdefault(method.metric, recipe.calibration)
         prune_seconds = time.perf_counter() - started
         entry = {
             "name": method.name,
@@ -246,6 +241,11 @@ def run_compare(model, tokenizer, model_name: str, config: CompareConfig, out_di
         rows.append(entry)
         del candidate
 
+    preset_calibration = {}  # metric -> what its recipes were calibrated on (the preset draws each metric's own data)
+    for method in methods if config.preset else ():
+        recipe_path = cache / f"{method.key}-{fingerprint}.recipe.json"
+        if method.metric and method.metric not in preset_calibration and recipe_path.exists():
+            preset_calibration[method.metric] = Recipe.load(recipe_path).calibration
     results = {
         "schema_version": SCHEMA_VERSION,
         "model": model_name,
