@@ -44,7 +44,7 @@ def _argv(model: Path, calib: Path, out: Path) -> list[str]:
 class Forked:
     """`prunecomp.cli.main(args)` in a forked child; the Popen-like subset the tests use."""
 
-    def __init__(self, args: list[str]):
+    def __init__(self, args: list[str], stderr: Path | None = None):
         sys.stdout.flush()
         sys.stderr.flush()
         self.pid = os.fork()
@@ -53,7 +53,7 @@ class Forked:
             try:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1)
-                os.dup2(devnull, 2)
+                os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT, 0o644) if stderr else devnull, 2)
                 from prunecomp.cli import main
 
                 code = main(args)
@@ -163,7 +163,8 @@ def run_kill_trials(model: Path, calib: Path, folder: Path, engine: str, trials:
 
 def run_sigterm(model: Path, calib: Path, folder: Path, moment: str) -> dict:
     out = folder / "out"
-    process = Forked(_cli_args(model, calib, out))
+    log = folder / "stderr.txt"  # the child's one-line message, for a failure to name its cause
+    process = Forked(_cli_args(model, calib, out), stderr=log)
     if moment == "compute":  # the output is locked at once; wait for the lock, then terminate mid-run
         deadline = time.monotonic() + 300
         while not locking.lock_path(out).exists() and time.monotonic() < deadline:
@@ -176,7 +177,7 @@ def run_sigterm(model: Path, calib: Path, folder: Path, moment: str) -> dict:
         return {"skipped": "the run finished before the staging folder was seen"}
     process.send_signal(signal.SIGTERM)
     return {"returncode": process.wait(timeout=60), "out_exists": out.exists(),
-            "leftovers": [p.name for p in _leftovers(out)]}
+            "leftovers": [p.name for p in _leftovers(out)], "stderr": log.read_text()[-2000:]}
 
 
 def _in_fresh_process(*args) -> dict:
@@ -208,7 +209,7 @@ def test_sigterm_cleans_up(moment, tiny_model_dir, sample_text_file, tmp_path):
     result = _in_fresh_process("sigterm", tiny_model_dir, sample_text_file, tmp_path, moment)
     if "skipped" in result:
         pytest.skip(result["skipped"])
-    assert result["returncode"] == 143  # 128 + SIGTERM, after the same cleanup as Ctrl-C
+    assert result["returncode"] == 143, result  # 128 + SIGTERM, after the same cleanup as Ctrl-C
     assert not result["out_exists"] and not result["leftovers"], result
 
 
