@@ -25,6 +25,7 @@ import torch
 
 from prunecomp.arch import resolve
 from prunecomp.config import CalibConfig, PruneConfig
+from prunecomp.eval.harness import HarnessResult, TaskScore, paired_difference
 from prunecomp.eval.ppl import evaluate_perplexity
 from prunecomp.io import load_model
 from prunecomp.prune import calibration_windows, prune
@@ -53,8 +54,9 @@ def evaluate(model, tokenizer, ppl_windows: int, qa_limit: int | None, batch_siz
     if qa_limit:
         from prunecomp.eval.harness import run_harness
 
-        qa = run_harness(model, tokenizer, QA_TASKS, limit=qa_limit, batch_size=batch_size)
+        qa = run_harness(model, tokenizer, QA_TASKS, limit=qa_limit, batch_size=batch_size, per_item=True)
         out["qa"] = {k: {"acc": v.acc, "stderr": v.acc_stderr, "n": v.n} for k, v in qa.tasks.items()}
+        out["qa_items"] = qa.items  # for paired differences between methods on the same examples
         out["qa_avg"] = qa.average
         # the mean of independent task accuracies: SE = sqrt(sum se^2) / #tasks
         out["qa_avg_stderr"] = math.sqrt(sum((v.acc_stderr or 0) ** 2 for v in qa.tasks.values())) / len(qa.tasks)
@@ -65,7 +67,7 @@ def run_one(name: str, metric: str, method: str, dense, tokenizer, windows, cali
     path = OUT / name / f"{metric}-{method}.json"
     if path.exists():
         cached = json.loads(path.read_text())
-        if not args.qa_limit or "qa" in cached:
+        if not args.qa_limit or cached.get("qa_limit") == args.qa_limit:
             return cached
     spec = MODELS[name]
     model = copy.deepcopy(dense)
@@ -83,6 +85,7 @@ def run_one(name: str, metric: str, method: str, dense, tokenizer, windows, cali
         record = {"method": method, "removed": result.recipe.removed_layers, "rounds": rounds, "prune_s": result.seconds}
     record["params"] = resolve(model).parameter_count()
     record |= evaluate(model, tokenizer, spec["ppl_windows"], args.qa_limit, args.batch_size)
+    record["qa_limit"] = args.qa_limit
     record["calibration"] = calib_info
     record["total_s"] = time.perf_counter() - started
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +93,32 @@ def run_one(name: str, metric: str, method: str, dense, tokenizer, windows, cali
     print(f"{name} {metric} {method}: removed {record['removed']} ppl {record['ppl']} avg {record['ppl_avg']:.2f}"
           f" qa {record.get('qa_avg')} ({record['total_s']:.0f}s)", flush=True)
     return record
+
+
+def _harness(record: dict) -> HarnessResult:
+    tasks = {k: TaskScore(name=k, task=k, source="local", acc=v["acc"], acc_stderr=v["stderr"], n=v["n"], num_fewshot=0)
+             for k, v in record["qa"].items()}
+    return HarnessResult(tasks=tasks, items=record["qa_items"])
+
+
+def paired_qa(rows: list[dict]) -> list[str]:
+    """Each method's QA average minus the same metric's scalar (and dense minus scalar), paired per item."""
+    by_file = {r["file"]: r for r in rows if "qa_items" in r}
+    lines = []
+    for r in rows:
+        metric = r["file"].split("-")[0]
+        base = by_file.get(f"{metric}-scalar")
+        if r["file"] not in by_file or base is None or r is base:
+            continue
+        d = paired_difference(_harness(r), _harness(base))
+        per_task = ", ".join(f"{k} {100 * v['diff']:+.2f} ± {100 * v['se']:.2f}" for k, v in d.items() if k != "average")
+        label = "dense" if r["method"] == "dense" else f"{metric} {r['method']}"
+        lines.append(f"| {label} − {metric} scalar | {100 * d['average']['diff']:+.2f} ± {100 * d['average']['se']:.2f} "
+                     f"| {per_task} |")
+    if not lines:
+        return []
+    return ["", "QA accuracy difference against the paper's scalar on the same items (points; ± paired SE):", "",
+            "| Comparison | QA avg | Per task |", "| :--- | ---: | :--- |", *lines]
 
 
 def report(name: str) -> str:
@@ -116,6 +145,7 @@ def report(name: str) -> str:
                          f"per-task binomial SEs._")
         c = rows[0]["calibration"]
         lines.append(f"_Calibration: {c['num_windows']} x {c['seqlen']} tokens from {Path(c['source']).name}, seed {c['seed']}._")
+        lines += paired_qa(rows)
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from prunecomp.eval.harness import (
     HarnessResult,
     TaskScore,
     mmlu_subjects,
+    paired_difference,
     resolve_tasks,
     retained,
     run_harness,
@@ -206,6 +207,36 @@ def test_run_harness_all_local_tasks(tiny, data, monkeypatch):
     back = HarnessResult.from_dict(blob)
     assert back.tasks == res.tasks and back.average == pytest.approx(res.average)
     assert retained(res, back)["rp"] == pytest.approx(100.0) or res.average == 0
+
+
+def test_per_item_scores_reproduce_each_task_accuracy(tiny, data):
+    model, tok = tiny
+    res = run_harness(model, tok, ["copa", "piqa", "mmlu"], limit=4, data_dir=data, per_item=True)
+    for name, score in res.tasks.items():
+        items = res.items[name]
+        assert len(items) == score.n and set(items) <= {0, 1}, name
+        assert sum(items) / len(items) == pytest.approx(score.acc), name
+    assert HarnessResult.from_dict(json.loads(json.dumps(res.to_dict()))).items == res.items
+    same = paired_difference(res, res)
+    assert same["average"]["diff"] == 0 and same["copa"]["se"] == 0 and same["average"]["n"] == res.tasks["copa"].n + res.tasks["piqa"].n  # MMLU excluded
+
+
+def test_paired_difference_uses_the_per_item_differences():
+    a = HarnessResult(tasks={"copa": _score("copa", 0.6), "piqa": _score("piqa", 0.5)},
+                      items={"copa": [1, 1, 1, 0, 0], "piqa": [1, 0, 1, 0]})
+    b = HarnessResult(tasks={"copa": _score("copa", 0.4), "piqa": _score("piqa", 0.5)},
+                      items={"copa": [1, 0, 1, 0, 0], "piqa": [1, 0, 0, 1]})
+    diff = paired_difference(a, b)
+    # copa: d = [0, 1, 0, 0, 0]: mean 0.2, sample variance 0.2, SE sqrt(0.2 / 5) = 0.2
+    assert diff["copa"] == pytest.approx({"diff": 0.2, "se": 0.2, "n": 5})
+    # piqa: d = [0, 0, 1, -1]: mean 0, variance 2/3, SE sqrt(2/3 / 4)
+    assert diff["piqa"]["diff"] == 0 and diff["piqa"]["se"] == pytest.approx(math.sqrt(2 / 3 / 4))
+    assert diff["average"]["diff"] == pytest.approx(0.1)
+    assert diff["average"]["se"] == pytest.approx(math.sqrt(0.2**2 + 2 / 3 / 4) / 2)
+    with pytest.raises(ValueError, match="per_item=True"):
+        paired_difference(a, HarnessResult(tasks=b.tasks))
+    with pytest.raises(ValueError, match="same examples"):
+        paired_difference(a, HarnessResult(tasks=b.tasks, items={"copa": [1], "piqa": [1, 0, 0, 1]}))
 
 
 def test_run_harness_is_reproducible(tiny, data):

@@ -42,6 +42,7 @@ __all__ = [
     "TaskChoice",
     "TaskScore",
     "mmlu_subjects",
+    "paired_difference",
     "resolve_tasks",
     "retained",
     "run_harness",
@@ -216,6 +217,8 @@ class HarnessResult:
     seed: int = 0
     runtime_s: float = 0.0
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: ``run_harness(per_item=True)``: each task's 0/1 correctness per example, in document order
+    items: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     @property
     def qa(self) -> dict[str, TaskScore]:
@@ -248,7 +251,7 @@ class HarnessResult:
             "backend": self.backend,
             "seed": self.seed,
             "runtime_s": self.runtime_s,
-        }
+        } | ({"items": self.items} if self.items else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HarnessResult:
@@ -259,7 +262,35 @@ class HarnessResult:
             backend=data.get("backend", "hf"),
             seed=data.get("seed", 0),
             runtime_s=data.get("runtime_s", 0.0),
+            items={k: list(v) for k, v in data.get("items", {}).items()},
         )
+
+
+def paired_difference(a: HarnessResult, b: HarnessResult) -> dict[str, dict[str, float]]:
+    """Accuracy of ``a`` minus ``b`` per task and for the QA average, with paired standard errors.
+
+    Both results must come from ``run_harness(per_item=True)`` on the same examples. Two models
+    scored on the same items mostly agree, so the SE of their difference, sqrt(var(d_i) / n) over
+    the per-item differences d_i, is much smaller than either model's own binomial SE: that is what
+    says whether a 1-point gap is noise. The average's difference is the mean of the QA tasks'
+    differences (as :attr:`HarnessResult.average`), its SE sqrt(sum se_t^2) / #tasks.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for name in a.tasks:
+        x, y = a.items.get(name), b.items.get(name)
+        if x is None or y is None:
+            raise ValueError(f"no per-item scores for {name!r}: run both with run_harness(per_item=True)")
+        if len(x) != len(y):
+            raise ValueError(f"{name!r} scored {len(x)} and {len(y)} examples; compare the same examples")
+        d = [float(i - j) for i, j in zip(x, y)]
+        mean = sum(d) / len(d)
+        var = sum((v - mean) ** 2 for v in d) / (len(d) - 1) if len(d) > 1 else float("nan")
+        out[name] = {"diff": mean, "se": math.sqrt(var / len(d)), "n": len(d)}
+    qa = [v for k, v in out.items() if k != MMLU]
+    if qa:
+        out["average"] = {"diff": sum(v["diff"] for v in qa) / len(qa),
+                          "se": math.sqrt(sum(v["se"] ** 2 for v in qa)) / len(qa), "n": sum(v["n"] for v in qa)}
+    return out
 
 
 def _ratio(p: float | None, d: float | None) -> float | None:
@@ -490,6 +521,7 @@ def run_harness(
     pretrained_path: str | os.PathLike[str] | None = None,
     seed: int = 0,
     pack_tokens: int = DEFAULT_PACK_TOKENS,
+    per_item: bool = False,
 ) -> HarnessResult:
     """Evaluate a causal LM with lm-eval on ``tasks`` (see :func:`resolve_tasks`).
 
@@ -507,6 +539,8 @@ def run_harness(
     one-request-per-forward scores, and lm-eval's own loop takes over on a mismatch.
     ``pack_tokens=0`` keeps lm-eval's loop with ``batch_size`` requests per forward (the old
     behaviour). Generation requests always use lm-eval's loop.
+    ``per_item=True`` also keeps each example's 0/1 correctness (:attr:`HarnessResult.items`),
+    for :func:`paired_difference`.
     """
     choices = resolve_tasks(tasks, data_dir)
     root = _data_dir(data_dir)
@@ -543,7 +577,7 @@ def run_harness(
             task_manager=tm,
             batch_size=batch_size,
             limit=limit,
-            log_samples=False,
+            log_samples=per_item,
             random_seed=seed,
             numpy_random_seed=seed,
             torch_random_seed=seed,
@@ -558,4 +592,16 @@ def run_harness(
         seed=seed,
         runtime_s=time.perf_counter() - start,
         raw=dict(raw["results"]),
+        items=_items(raw, choices) if per_item else {},
     )
+
+
+def _items(raw: Mapping[str, Any], choices: list[TaskChoice]) -> dict[str, list[int]]:
+    """Per-example correctness from lm-eval's logged samples (a group: its leaves in name order)."""
+    samples, groups = raw.get("samples", {}), raw.get("group_subtasks", {})
+    out = {}
+    for c in choices:
+        leaves = sorted(_leaves(c.task, groups)) if c.is_group else [c.task]
+        out[c.name] = [int(round(float(x["acc"]))) for leaf in leaves
+                       for x in sorted(samples.get(leaf, []), key=lambda x: x["doc_id"])]
+    return out
