@@ -7,8 +7,9 @@ Every method prunes the same dense model with the same calibration windows (C4 d
 $PRUNECOMP_DATA/c4/c4-en-1000docs.json.gz) and is evaluated on different text: WikiText-2 test,
 the local C4 validation subset (Paloma's Guardian domain, not in the calibration file) and PTB
 test, plus zero-shot QA through lm-eval when --qa-limit is given. One JSON per (model, metric,
-method) goes to benchmarks/results/compensation/<model>/; finished ones are skipped, so runs
-resume. --report writes results.md from whatever is there.
+method) goes to benchmarks/results/compensation/<model>/ (<model>/calib<N>/ for --calib-windows N
+other than 32); finished ones are skipped, so runs resume. --report writes results.md from
+whatever is there.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "compensation"
 QA_TASKS = ("arc_easy", "boolq", "copa", "piqa")
 PPL = ("wikitext2", "c4", "ptb")
+DEFAULT_CALIB_WINDOWS = 32
 MODELS = {
     "smollm2": dict(source="smollm2-135m", k=5, ppl_windows=16),
     "gemma3": dict(source="gemma3-270m", k=3, ppl_windows=8),
@@ -64,7 +66,7 @@ def evaluate(model, tokenizer, ppl_windows: int, qa_limit: int | None, batch_siz
 
 
 def run_one(name: str, metric: str, method: str, dense, tokenizer, windows, calib_info, args) -> dict:
-    path = OUT / name / f"{metric}-{method}.json"
+    path = results_dir(name, args.calib_windows) / f"{metric}-{method}.json"
     if path.exists():
         cached = json.loads(path.read_text())
         if not args.qa_limit or cached.get("qa_limit") == args.qa_limit:
@@ -121,9 +123,16 @@ def paired_qa(rows: list[dict]) -> list[str]:
             "| Comparison | QA avg | Per task |", "| :--- | ---: | :--- |", *lines]
 
 
-def report(name: str) -> str:
-    rows = [json.loads(p.read_text()) | {"file": p.stem} for p in sorted((OUT / name).glob("*.json"))]
+def results_dir(name: str, calib_windows: int) -> Path:
+    """One folder per model; a non-default calibration size gets its own (its rows compare only with each other)."""
+    return OUT / name if calib_windows == DEFAULT_CALIB_WINDOWS else OUT / name / f"calib{calib_windows}"
+
+
+def report(name: str, folder: Path) -> str:
+    rows = [json.loads(p.read_text()) | {"file": p.stem} for p in sorted(folder.glob("*.json"))]
     dense = next((r for r in rows if r["method"] == "dense"), None)
+    if dense is None and (OUT / name / "bi-dense.json").exists():  # the dense model needs no calibration
+        dense = json.loads((OUT / name / "bi-dense.json").read_text())
     lines = [f"### {MODELS[name]['source']} (k = {MODELS[name]['k']})", "",
              "| Metric | Compensation | Removed | WikiText-2 | C4 | PTB | PPL avg | × dense | QA avg (± SE) | Maps (values) |",
              "| :--- | :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -154,7 +163,7 @@ def main() -> None:
     parser.add_argument("model", choices=sorted(MODELS))
     parser.add_argument("--methods", default="dense,none,scalar,linear,scalar+linear,scalar+linear-rel")
     parser.add_argument("--metric", default="bi")
-    parser.add_argument("--calib-windows", type=int, default=32)
+    parser.add_argument("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS)
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--qa-limit", type=int, default=None)
     parser.add_argument("--select-top", type=int, default=6)
@@ -169,8 +178,9 @@ def main() -> None:
         for method in args.methods.split(","):
             run_one(args.model, args.metric, method, dense, tokenizer, windows, calib_info, args)
     if args.report:
-        (OUT / args.model / "results.md").write_text(report(args.model))
-        print(report(args.model))
+        folder = results_dir(args.model, args.calib_windows)
+        (folder / "results.md").write_text(report(args.model, folder))
+        print(report(args.model, folder))
 
 
 if __name__ == "__main__":
