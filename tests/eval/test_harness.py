@@ -239,6 +239,17 @@ def test_paired_difference_uses_the_per_item_differences():
         paired_difference(a, HarnessResult(tasks=b.tasks, items={"copa": [1], "piqa": [1, 0, 0, 1]}))
 
 
+def test_lm_eval_bars_in_a_log_have_no_escape_sequences(tiny, data, capfd):
+    from prunecomp.progress import progress_bar
+
+    model, tok = tiny
+    with progress_bar(range(1), desc="outer", leave=True):  # a bar already open, as in `compare`
+        run_harness(model, tok, ["copa"], limit=3, data_dir=data, pack_tokens=0)  # lm-eval's own loop and bars
+    err = capfd.readouterr().err  # stderr is not a terminal here, as in a log file
+    assert "Running loglikelihood requests" in err
+    assert "\x1b[" not in err
+
+
 def test_run_harness_is_reproducible(tiny, data):
     model, tok = tiny
     a = run_harness(model, tok, ["copa", "mmlu"], limit=2, data_dir=data, seed=3)

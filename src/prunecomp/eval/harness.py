@@ -403,7 +403,11 @@ class _DropNoise(logging.Filter):
 
 @contextmanager
 def _quiet_lm_eval() -> Iterator[None]:
-    """lm-eval loggers at WARNING (and two noisy warnings dropped) for the duration."""
+    """lm-eval loggers at WARNING (two noisy warnings dropped) and, in a log, its bars log-friendly."""
+    import importlib
+
+    from ..progress import log_friendly_tqdm
+
     root = logging.getLogger("lm_eval")
     noisy = [logging.getLogger(n) for n in ("lm_eval.api.task", "lm_eval.models.huggingface")]
     level = root.level
@@ -411,12 +415,23 @@ def _quiet_lm_eval() -> Iterator[None]:
     root.setLevel(logging.WARNING)
     for lg in noisy:
         lg.addFilter(flt)
+    # lm-eval's modules call `tqdm(...)` by that global name: swap it for the duration
+    bar_modules = [m for m in map(importlib.import_module, _LM_EVAL_BAR_MODULES) if hasattr(m, "tqdm")]
+    bars = [m.tqdm for m in bar_modules]
+    for module in bar_modules:
+        module.tqdm = log_friendly_tqdm(module.tqdm)
     try:
         yield
     finally:
         root.setLevel(level)
         for lg in noisy:
             lg.removeFilter(flt)
+        for module, bar in zip(bar_modules, bars):
+            module.tqdm = bar
+
+
+#: lm-eval modules that draw tqdm bars during an evaluation
+_LM_EVAL_BAR_MODULES = ("lm_eval.api.model", "lm_eval.api.task", "lm_eval.models.huggingface")
 
 
 def _task_manager(data_dir: Path | None, with_defaults: bool):
