@@ -33,7 +33,13 @@ def test_eval_reports_ppl_with_protocol_accuracy_and_rp(tmp_path, monkeypatch, c
     again = json.loads((tmp_path / "again.json").read_text())
     if report["harness"]["average"]:
         assert again["retained"]["rp"] == pytest.approx(100.0)
-    assert "RP" in capsys.readouterr().out or not report["harness"]["average"]
+    printed = capsys.readouterr().out
+    assert "RP" in printed or not report["harness"]["average"]
+    # the same examples as the dense run: a paired difference of exactly zero
+    assert again["paired_vs_dense"]["average"] == {"diff": 0.0, "se": 0.0, "n": 6}
+    assert "vs dense" in printed and "+0.00 points ± 0.00 (paired SE over the same 6 examples)" in printed
+    assert main(argv[:-3] + ["--limit", "2", "--json", str(tmp_path / "fewer.json"), "--dense-results", str(dense_json)]) == 0
+    assert "no paired difference" in capsys.readouterr().out  # other examples: said, not computed
 
 
 def test_vllm_backend_plumbing_gives_clear_errors(tmp_path, capsys):

@@ -38,7 +38,7 @@ def _tasks(value: str) -> tuple[str, ...]:
 
 def cmd_eval(args) -> int:
     from ..io import load_model
-    from .harness import HarnessResult, retained, run_harness
+    from .harness import HarnessResult, paired_difference, retained, run_harness
     from .ppl import evaluate_perplexity
 
     tasks = _tasks(args.tasks)
@@ -59,7 +59,8 @@ def cmd_eval(args) -> int:
     if tasks:
         pretrained = args.model if args.backend == "vllm" else None
         harness = run_harness(None if args.backend == "vllm" else model, tokenizer, list(tasks), limit=args.limit,
-                              batch_size=args.batch_size, backend=args.backend, pretrained_path=pretrained)
+                              batch_size=args.batch_size, backend=args.backend, pretrained_path=pretrained,
+                              per_item=True)  # kept in --json, so a later run can pair its examples with these
         report["harness"] = harness.to_dict()
         for name, score in harness.tasks.items():
             norm = f"  acc_norm {100 * score.acc_norm:6.2f}" if score.acc_norm is not None else ""
@@ -72,6 +73,15 @@ def cmd_eval(args) -> int:
             report["retained"] = rp
             value = "n/a (dense average is 0)" if rp["rp"] is None else f"{rp['rp']:6.2f}%"
             print(f"{'RP':>10}  {value} of the dense model's average over {', '.join(rp['compared'])}")
+            try:
+                paired = paired_difference(harness, HarnessResult.from_dict(dense["harness"]))
+            except ValueError as exc:  # an older dense JSON (no per-example results), or another --limit
+                print(f"{'vs dense':>10}  no paired difference: {exc}")
+            else:
+                report["paired_vs_dense"] = paired
+                gap = paired.get("average") or next(iter(paired.values()))
+                print(f"{'vs dense':>10}  {100 * gap['diff']:+6.2f} points ± {100 * gap['se']:.2f} "
+                      f"(paired SE over the same {gap['n']} examples)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         print(f"saved: {args.json}")
