@@ -1,7 +1,7 @@
 """Fused linear compensation vs the paper's scalar: the README's "Beyond the paper" section.
 
     PRUNECOMP_DATA=../shared/data OMP_NUM_THREADS=1 python benchmarks/compensation.py smollm2 \
-        --methods none,scalar,scalar+linear-rel [--metric bi] [--qa-limit 200] [--report]
+        --methods none,scalar,scalar+linear-rel,scalar+recon [--metric bi] [--qa-limit 200] [--report]
 
 Every method prunes the same dense model with the same calibration windows (C4 documents from
 $PRUNECOMP_DATA/c4/c4-en-1000docs.json.gz) and is evaluated on different text: WikiText-2 test,
@@ -84,7 +84,8 @@ def run_one(name: str, metric: str, method: str, dense, tokenizer, windows, cali
         comp_rounds = result.recipe.calibration.get("comp_rounds", {})
         rounds = [{"removed": r.removed, "scale": r.scale, "map": comp_rounds.get(str(i))}
                   for i, r in enumerate(result.recipe.rounds)]
-        record = {"method": method, "removed": result.recipe.removed_layers, "rounds": rounds, "prune_s": result.seconds}
+        record = {"method": method, "removed": result.recipe.removed_layers, "rounds": rounds, "prune_s": result.seconds,
+                  "recon": result.recipe.calibration.get("comp_recon", {})}  # --comp *recon*: the refitted layers
     record["params"] = resolve(model).parameter_count()
     record |= evaluate(model, tokenizer, spec["ppl_windows"], args.qa_limit, args.batch_size)
     record["qa_limit"] = args.qa_limit
@@ -146,6 +147,7 @@ def report(name: str, folder: Path) -> str:
         rest = [v["acc"] for k, v in r.get("qa", {}).items() if k != "boolq"]
         qa_rest = f"{100 * sum(rest) / len(rest):.2f}" if rest else "—"
         values = sum((x.get("map") or {}).get("values", 0) for x in r["rounds"])
+        values += sum(x.get("values", 0) for x in r.get("recon", {}).values())
         lines.append(f"| {metric} | {r['method']} | {', '.join(map(str, r['removed'])) or '—'} | {r['ppl']['wikitext2']:.2f} "
                      f"| {r['ppl']['c4']:.2f} | {r['ppl']['ptb']:.2f} | {r['ppl_avg']:.2f} | {ratio:.2f} | {qa} | {qa_rest} | {values:,} |")
     if rows:

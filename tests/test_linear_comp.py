@@ -261,7 +261,8 @@ def test_compensated_selection_picks_among_the_metrics_best_and_records_it():
     assert result.recipe.calibration["select"] == "compensated (top 3)"
 
 
-def test_cli_prune_with_linear_comp_saves_maps_and_apply_replays_them(tmp_path, capsys):
+@pytest.mark.parametrize("comp", ["scalar+linear-rel", "scalar+recon"])
+def test_cli_prune_with_fitted_maps_saves_them_and_apply_replays_them(tmp_path, capsys, comp):
     import json
 
     from safetensors.torch import load_file
@@ -277,10 +278,10 @@ def test_cli_prune_with_linear_comp_saves_maps_and_apply_replays_them(tmp_path, 
     calib.write_text(SAMPLE_TEXT)
     common = ["--metric", "bi", "--layers", "2", "--calib", str(calib), "--calib-windows", "6", "--seqlen", "32", "--quiet"]
     out, plain, replay = tmp_path / "linear", tmp_path / "plain", tmp_path / "replay"
-    assert main(["prune", str(source), "--comp", "scalar+linear-rel", "--out", str(out), *common]) == 0
+    assert main(["prune", str(source), "--comp", comp, "--out", str(out), *common]) == 0
     assert main(["prune", str(source), "--no-comp", "--out", str(plain), *common]) == 0
     recipe = json.loads((out / "prunecomp_recipe.json").read_text())
-    assert recipe["calibration"]["comp"] == "scalar+linear-rel" and (out / MAPS_FILENAME).is_file()
+    assert recipe["calibration"]["comp"] == comp and (out / MAPS_FILENAME).is_file()
     weights, plain_weights = load_file(out / "model.safetensors"), load_file(plain / "model.safetensors")
     # the checkpoint holds exactly the parameters of a plain layer-pruned model
     assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in plain_weights.items()}

@@ -171,10 +171,10 @@ def cmd_prune(args) -> int:
         save = save_layerwise if lazy else save_pruned
         out = save(model, tokenizer, result.recipe, args.out, source=source, overwrite=args.overwrite,
                    params_before=result.params_before, params_after=result.params_after)
-        if result.maps:  # the fitted maps of --comp *linear*, so `apply` replays them exactly
+        if result.maps or result.recon_maps:  # the fitted maps of --comp *linear* / *recon*: `apply` replays them
             from .linear_comp import MAPS_FILENAME, save_maps
 
-            save_maps(result.maps, Path(out) / MAPS_FILENAME)
+            save_maps(result.maps, Path(out) / MAPS_FILENAME, recon=result.recon_maps)
         checkpoint.unlink(missing_ok=True)  # the finished output supersedes it
     print(_summary(result, out, time.perf_counter() - started))
     return 0
@@ -288,9 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--one-shot", action="store_true", help="score once and remove the k lowest (default: iterative)")
     p.add_argument("--no-comp", action="store_true", help="do not fold the magnitude compensation (baseline)")
     p.add_argument("--comp", default=None, metavar="METHOD",
-                   help="compensation of each cut: scalar (the paper's, default), none (= --no-comp), or a fitted map "
+                   help="compensation of each cut: scalar (the paper's, default), none (= --no-comp), a fitted map "
                         "folded into the last kept layer: linear, scalar+linear, with -rel / -cos objectives and -down "
-                        "(down_proj only); the maps are saved beside the recipe")
+                        "(down_proj only), or scalar+recon: the scalar, then every kept layer from the first cut on "
+                        "refitted to the dense model's stream; the maps are saved beside the recipe")
     p.add_argument("--select", default=None, choices=["metric", "compensated"],
                    help="compensated: re-rank the metric's --select-top best layers by calibration loss after their "
                         "removal and compensation (slow: a fit and a loss pass per candidate and round)")

@@ -60,6 +60,8 @@ class CompMethod:
 
     scalar: bool = True
     linear: bool = False
+    # after the loop, refit every kept layer from the first cut on to the dense stream (prunecomp.recon)
+    recon: bool = False
     objective: str = "rel"
     writers: str = "all"
     ridge_grid: tuple[float, ...] = RIDGE_GRID
@@ -71,28 +73,36 @@ class CompMethod:
             raise LinearCompError(f"unknown objective {self.objective!r}; choose from {OBJECTIVES}")
         if self.writers not in ("all", "last"):
             raise LinearCompError("writers must be 'all' or 'last'")
+        if self.linear and self.recon:
+            raise LinearCompError("choose either per-cut maps (linear) or the refit to the dense stream (recon)")
+
+    @property
+    def fits_maps(self) -> bool:
+        return self.linear or self.recon
 
     @property
     def name(self) -> str:
-        if not self.linear:
+        if not self.fits_maps:
             return "scalar" if self.scalar else "none"
         suffix = "" if self.objective == "l2" else f"-{self.objective}"
         suffix += "" if self.writers == "all" else "-down"
-        return ("scalar+" if self.scalar else "") + "linear" + suffix
+        return ("scalar+" if self.scalar else "") + ("recon" if self.recon else "linear") + suffix
 
 
 def parse_comp(name: str) -> CompMethod:
-    """'none' | 'scalar' | '[scalar+]linear[-rel|-cos][-down]' -> CompMethod."""
+    """'none' | 'scalar' | '[scalar+](linear|recon)[-rel|-cos][-down]' -> CompMethod."""
     text = name.strip().lower()
     if text in ("none", "scalar"):
         return CompMethod(scalar=text == "scalar")
     scalar = text.startswith("scalar+")
     rest = text.removeprefix("scalar+")
     parts = rest.split("-")
-    if parts[0] != "linear" or any(p not in ("l2", "rel", "cos", "down") for p in parts[1:]):
-        raise LinearCompError(f"unknown compensation {name!r}; e.g. none, scalar, linear, scalar+linear-rel, linear-cos-down")
+    if parts[0] not in ("linear", "recon") or any(p not in ("l2", "rel", "cos", "down") for p in parts[1:]):
+        raise LinearCompError(f"unknown compensation {name!r}; e.g. none, scalar, linear, scalar+linear-rel, "
+                              "linear-cos-down, scalar+recon")
     objective = next((p for p in parts[1:] if p in OBJECTIVES), "l2")
-    return CompMethod(scalar=scalar, linear=True, objective=objective, writers="last" if "down" in parts else "all")
+    return CompMethod(scalar=scalar, linear=parts[0] == "linear", recon=parts[0] == "recon", objective=objective,
+                      writers="last" if "down" in parts else "all")
 
 
 @dataclass
@@ -415,11 +425,18 @@ def map_key(round_index: int, writer: str) -> str:
     return f"round{round_index}.{writer}"
 
 
-def save_maps(maps: dict[int, CutMap], path: str | Path) -> None:
-    """Write every round's deltas (float64) to one safetensors file; keys round{i}.{writer}."""
+def recon_key(original_layer: int, writer: str) -> str:
+    return f"recon{original_layer}.{writer}"
+
+
+def save_maps(maps: dict[int, CutMap], path: str | Path, recon: dict[int, CutMap] | None = None) -> None:
+    """Write every round's deltas (float64) to one safetensors file; keys round{i}.{writer}, and
+    recon{original layer}.{writer} for the maps of --comp *recon*."""
     from safetensors.torch import save_file
 
     tensors = {map_key(i, name): d.contiguous() for i, cut in maps.items() for name, d in zip(cut.writer_names, cut.deltas)}
+    tensors |= {recon_key(o, name): d.contiguous() for o, cut in (recon or {}).items()
+                for name, d in zip(cut.writer_names, cut.deltas)}
     save_file(tensors, str(path), metadata={"format": "prunecomp-linear-comp-v1"})
 
 
@@ -430,8 +447,9 @@ def load_maps(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def cut_map_from_tensors(tensors: dict[str, torch.Tensor], round_index: int, layer: int, kind: str,
-                         writer_names: list[str]) -> CutMap:
-    deltas = [tensors[map_key(round_index, name)] for name in writer_names]
+                         writer_names: list[str], key=map_key) -> CutMap:
+    """The CutMap of round `round_index` (or, with key=recon_key, of original layer `round_index`)."""
+    deltas = [tensors[key(round_index, name)] for name in writer_names]
     return CutMap(layer, kind, list(writer_names), deltas, math.nan, math.nan)
 
 

@@ -17,12 +17,14 @@ from .calib.sets import CalibrationSets, calibration_sets
 from .compensate import AUTO, PER_WINDOW_ESTIMATORS, block_scale, fold_scale
 from .config import CalibConfig, ConfigError, PruneConfig
 from .engine.session import EngineSession, is_skeleton
-from .linear_comp import MAPS_FILENAME, CutMap, compensated_choice, cut_map_from_tensors, fit_round, fold_cut_map
+from .linear_comp import (MAPS_FILENAME, CutMap, compensated_choice, cut_map_from_tensors, fit_round, fold_cut_map,
+                          recon_key)
 from .metrics import Metric, ScoreContext, get_metric
 from .recipe import Recipe, RecipeError, Round, library_versions, now
 from .surgery import remove_layers
 from . import guards
 from .progress import progress_bar
+from .recon import capture_dense_streams, reconstruct
 
 NOTE_LAST = "block ends at the last layer: the final norm is scale-invariant, so no compensation is needed"
 NOTE_DISABLED = "compensation disabled (--no-comp)"
@@ -39,6 +41,9 @@ class PruneResult:
     # round index -> the fitted map folded at that cut (comp with a linear part); save them with
     # linear_comp.save_maps(result.maps, out / MAPS_FILENAME) so `apply_recipe` can replay them.
     maps: dict[int, CutMap] = field(default_factory=dict)
+    # original layer index -> the map --comp *recon* folded into that kept layer (saved in the same file:
+    # save_maps(result.maps, out / MAPS_FILENAME, recon=result.recon_maps))
+    recon_maps: dict[int, CutMap] = field(default_factory=dict)
 
 
 def calibration_windows(tokenizer, calib: CalibConfig) -> tuple[torch.Tensor, dict]:
@@ -209,10 +214,12 @@ def prune(
         created=now(),
     )
     kept = list(range(total))
-    if config.comp_method.linear and is_skeleton(arch):
+    method = config.comp_method
+    if method.fits_maps and is_skeleton(arch):
         raise ConfigError(f"comp {config.comp!r} fits its maps on a model held in memory; load it in memory (--engine memory)")
     if resume is not None:
         _replay_partial(arch, kept, recipe, resume, config)
+    dense = capture_dense_streams(arch, calibration.scale, method, config.batch_size, progress) if method.recon else None
     session = EngineSession(arch, config.engine, config.batch_size, progress, config.max_memory, metric.name,
                             superset=calibration.scale)  # scoring windows that are a prefix of the scale's share its engine
     maps: dict[int, CutMap] = {}
@@ -222,8 +229,14 @@ def prune(
         session.close()
     if maps:
         recipe.calibration["comp_rounds"] = {str(i): m.describe() for i, m in maps.items()}
+    recon_maps = {}
+    if dense is not None:
+        recon_maps = reconstruct(arch, calibration.scale, kept, total, dense, method, config.batch_size, progress)
+        del dense
+        guards.check_finite_weights(arch.model, where="after the refit to the dense stream, the model")
+        recipe.calibration["comp_recon"] = {str(o): m.describe() for o, m in recon_maps.items()}
     return PruneResult(model, recipe, dense_stats, params_before, arch.parameter_count(), time.perf_counter() - started,
-                       maps)
+                       maps, recon_maps)
 
 
 def _run_rounds(session: EngineSession, metric: Metric, config: PruneConfig, calibration: CalibrationSets, estimator: str,
@@ -310,8 +323,8 @@ def _replay_partial(arch: ResolvedArch, kept: list[int], recipe: Recipe, partial
     """Replay the finished rounds of an interrupted iterative run of the same configuration."""
     if config.mode != "iterative":
         raise ConfigError(f"only iterative runs checkpoint rounds; this run is {config.mode}")
-    if config.comp_method.linear:
-        raise ConfigError("resume replays scalar compensation only; rerun --comp linear from the start")
+    if config.comp_method.fits_maps:
+        raise ConfigError(f"resume replays scalar compensation only; rerun --comp {config.comp_method.name} from the start")
     mismatched = [key for key in RESUME_KEYS if getattr(partial, key) != getattr(recipe, key)]
     if partial.calibration != recipe.calibration:
         mismatched.append("calibration")
@@ -335,7 +348,7 @@ def _protocol(config: PruneConfig) -> dict:
         details["magnitude"] = "unfolded (compensation divided out)" if config.unfold_magnitude else "raw |W| (official)"
     if config.float32_gradients and config.metric == "taylor":
         details["gradients"] = "float32"
-    if config.comp_method.linear:
+    if config.comp_method.fits_maps:
         details |= {"comp": config.comp_method.name, "comp_maps": MAPS_FILENAME}
     if config.select != "metric":
         details["select"] = f"{config.select} (top {config.select_top})"
@@ -350,7 +363,8 @@ def apply_recipe(model: torch.nn.Module, recipe: Recipe, maps: dict[str, torch.T
     """
     arch = resolve(model)
     fitted = recipe.calibration.get("comp_rounds") or {}
-    if fitted and maps is None:
+    refitted = recipe.calibration.get("comp_recon") or {}
+    if (fitted or refitted) and maps is None:
         raise RecipeError(f"this recipe folds fitted maps ({recipe.calibration.get('comp')}): pass the {MAPS_FILENAME} "
                           "saved beside it")
     if model.config.model_type != recipe.model_type:
@@ -372,4 +386,10 @@ def apply_recipe(model: torch.nn.Module, recipe: Recipe, maps: dict[str, torch.T
             except KeyError as exc:
                 raise RecipeError(f"the maps file has no tensor {exc} for round {index + 1}") from None
         apply_round(arch, kept, positions[0], len(positions), step.scale)
+    for original, info in sorted(refitted.items(), key=lambda item: int(item[0])):  # --comp *recon*: after the cuts, in order
+        try:
+            fold_cut_map(arch, cut_map_from_tensors(maps, int(original), kept.index(int(original)), info["kind"],
+                                                    info["writers"], key=recon_key))
+        except KeyError as exc:
+            raise RecipeError(f"the maps file has no tensor {exc} for the refit of layer {original}") from None
     return model
