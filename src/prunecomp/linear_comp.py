@@ -53,6 +53,8 @@ class CompMethod:
 
     scalar: fold the paper's magnitude scale before the cut.
     linear: also fit and fold a map into the last kept layer's writers.
+    recon: instead, once the layers are chosen, refit every kept layer from the first cut on to
+    the dense model's stream (prunecomp.recon); the loop itself then uses only the scalar.
     objective: l2 | rel | cos (see the module docstring).
     writers: which linear writers get a map ("all", or "last" = only the last one, down_proj:
     ReplaceMe's choice). Norm writers (Gemma) always all get a diagonal.
