@@ -65,6 +65,9 @@ def test_recon_brings_the_pruned_stream_closer_to_the_dense_one_and_replays_bitw
     scalar = prune(tiny_model(arch_name, layers=6), None, PruneConfig(metric="bi", num_layers=2), windows)
     recon = prune(tiny_model(arch_name, layers=6), None, PruneConfig(metric="bi", num_layers=2, comp="scalar+recon"),
                   windows)
+    layerwise = prune(tiny_model(arch_name, layers=6), None,
+                      PruneConfig(metric="bi", num_layers=2, comp="scalar+recon", engine="layerwise"), windows)
+    assert all(torch.equal(a, b) for a, b in zip(recon.model.state_dict().values(), layerwise.model.state_dict().values()))
     assert recon.recipe.removed_layers == scalar.recipe.removed_layers  # the refit comes after the choice
     assert [r.scale for r in recon.recipe.rounds] == [r.scale for r in scalar.recipe.rounds]
     kept = [i for i in range(6) if i not in recon.recipe.removed_layers]
