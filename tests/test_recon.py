@@ -93,3 +93,23 @@ def test_recon_refuses_to_resume_a_checkpointed_run():
     config = PruneConfig(metric="bi", num_layers=1, comp="scalar+recon")
     with pytest.raises(ConfigError, match="from the start"):
         _replay_partial(None, [], None, None, config)
+
+
+def test_the_dense_stream_size_is_what_is_captured_and_too_much_of_it_is_refused_before_any_work(monkeypatch):
+    import prunecomp.recon as recon
+    from prunecomp.engine.memory import MemoryBudgetError
+
+    model = tiny_model("llama", layers=4)
+    windows = _perplexing_windows()
+    streams = capture_dense_streams(resolve(model), windows, NEAR_EXACT)
+    captured = sum(s.numel() * s.element_size() for s in streams.states)
+    assert recon.dense_stream_bytes(resolve(model), windows, NEAR_EXACT) == captured
+
+    before = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(recon, "available_memory", lambda: 2 * captured - 2)  # half of it is just too little
+    with pytest.raises(MemoryBudgetError, match="dense model's stream at every layer boundary"):
+        prune(model, None, PruneConfig(metric="bi", num_layers=1, comp="scalar+recon"), windows)
+    assert len(resolve(model).layers()) == 4  # nothing was pruned
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    monkeypatch.setattr(recon, "available_memory", lambda: 2 * captured)
+    assert len(prune(model, None, PruneConfig(metric="bi", num_layers=1, comp="scalar+recon"), windows).recipe.removed_layers) == 1

@@ -26,6 +26,8 @@ from .arch import ResolvedArch
 from .calib.capture import batches, model_device
 from .compat import layer_input_hidden, layer_output_hidden
 from .engine.forward import LayerRunner, capture_layer_inputs
+from .engine.memory import MemoryBudgetError, human
+from .engine.session import available_memory
 from .linear_comp import CompMethod, CutCapture, CutMap, _hooks, fit_cut, fold_cut_map, map_writers
 from .progress import progress_bar
 
@@ -50,10 +52,27 @@ def _window_ids(windows: torch.Tensor, skip: int) -> torch.Tensor:
     return torch.arange(windows.shape[0]).repeat_interleave(windows.shape[1] - skip)
 
 
+def dense_stream_bytes(arch: ResolvedArch, windows: torch.Tensor, method: CompMethod) -> int:
+    """What `capture_dense_streams` holds: (L + 1) boundaries x N tokens x d, float32."""
+    tokens = windows.shape[0] * max(windows.shape[1] - method.skip_first_tokens, 0)
+    return (arch.num_layers() + 1) * tokens * arch.embedding().weight.shape[-1] * 4
+
+
+def check_dense_stream_memory(needed: int, free: int | None) -> None:
+    """Refuse before any work when the dense streams would take more than half of the free memory
+    (the refit needs as much again for the pruned model's activations and the fits)."""
+    if free is not None and needed > free // 2:
+        raise MemoryBudgetError(
+            f"--comp *recon* keeps the dense model's stream at every layer boundary: {human(needed)} for these "
+            f"calibration windows, more than half of the free memory ({human(free)}); use fewer --scale-windows or "
+            "--calib-windows, a shorter --seqlen, or --comp scalar+linear (no dense stream)")
+
+
 @torch.no_grad()
 def capture_dense_streams(arch: ResolvedArch, windows: torch.Tensor, method: CompMethod, batch_size: int = 1,
                           progress: bool = False) -> DenseStreams:
     """One hooked calibration pass of the (still dense) model recording every boundary."""
+    check_dense_stream_memory(dense_stream_bytes(arch, windows, method), available_memory())
     layers = arch.layers()
     count = len(layers)
     skip = method.skip_first_tokens
